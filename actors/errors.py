@@ -1,0 +1,92 @@
+"""One exception tree for batchfarm.
+
+Every error batchfarm raises on purpose is a :class:`BatchfarmError`, with one subtree per
+part, so callers can catch a part's failures without catching programming errors.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class BatchfarmError(Exception):
+    """Base of every error batchfarm raises on purpose."""
+
+
+class _NoValue:
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+#: Passed as a :class:`ConfigError`'s value when there is no value to show (a missing file).
+NO_VALUE: object = _NoValue()
+
+
+class ConfigError(BatchfarmError):
+    """A config file, environment variable or value is not what was expected.
+
+    The message is one line naming where the value came from, the key, the value and what
+    was expected, so an operator can fix it without reading code.
+    """
+
+    def __init__(self, source: str, key: str, value: object, expected: str) -> None:
+        self.source = source
+        self.key = key
+        self.value = value
+        self.expected = expected
+        shown = "" if value is NO_VALUE else f" = {_show(value)}"
+        super().__init__(f"{source}: {key}{shown}: {expected}")
+
+
+def _show(value: object) -> str:
+    # Show strings as TOML writes them ("auto", not 'auto'): the operator compares with the file.
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+class MessageError(BatchfarmError):
+    """A frame or queue body could not be decoded or failed validation.
+
+    ``reason`` is a short fixed word (``size``, ``format``, ``schema``, ``version``, ...) fit to
+    be a metric label; the message says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"bad message ({reason}): {detail}")
+
+
+class BackendError(BatchfarmError):
+    """A backend (task queue, blob store, analytics store, scaler) failed."""
+
+
+class QueueError(BackendError):
+    """The task queue refused or failed a call."""
+
+
+class StaleReceiptError(QueueError):
+    """A receipt handle no longer holds its message (received again, deleted or unknown)."""
+
+
+class BlobError(BackendError):
+    """The blob store refused or failed a call."""
+
+
+class BlobKeyError(BlobError, ValueError):
+    """An object key is not a valid key."""
+
+
+class BlobNotFoundError(BlobError, KeyError):
+    """No object exists under the key."""
+
+    def __str__(self) -> str:
+        # KeyError would quote the whole message; keep it readable.
+        return str(self.args[0]) if self.args else "blob not found"
+
+
+class StoreError(BackendError):
+    """The analytics store failed a read or write."""
