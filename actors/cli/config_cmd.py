@@ -1,0 +1,59 @@
+"""``batchfarm config show`` and ``batchfarm config check FILE``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchfarm.actors.cli.context import CliState
+from batchfarm.actors.settings import load
+
+
+@click.group()
+def config() -> None:
+    """Show the effective config or check a config file."""
+
+
+@config.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: values and their sources.")
+@click.pass_obj
+def show(state: CliState, as_json: bool) -> None:
+    """Print the effective config and where each value came from."""
+    loaded = state.loaded
+    if as_json:
+        out = {
+            section: {
+                key: {"value": value, "source": loaded.sources[f"{section}.{key}"]}
+                for key, value in values.items()
+            }
+            for section, values in dataclasses.asdict(loaded.settings).items()
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+    source = str(loaded.path) if loaded.path else "no file (built-in defaults)"
+    click.echo(f"# effective batchfarm config; file: {source}")
+    for section, values in dataclasses.asdict(loaded.settings).items():
+        click.echo(f"\n[{section}]")
+        for key, value in values.items():
+            line = f"{key} = {_toml(value)}"
+            click.echo(f"{line:<60} # {loaded.sources[f'{section}.{key}']}")
+
+
+@config.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check(file: Path) -> None:
+    """Validate FILE (the environment is not applied); exit 1 naming the first problem."""
+    load(file, environ={})
+    click.echo(f"{file}: ok")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)

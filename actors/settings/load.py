@@ -1,0 +1,230 @@
+"""Load settings from defaults, a TOML file and ``BATCHFARM_<SECTION>_<KEY>`` variables.
+
+Precedence, lowest first: the field's default, the file, the environment. Every value is
+validated on the way in; the first bad one stops the load with a :class:`ConfigError` whose
+one-line message names the file (or variable), the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from batchfarm.actors.errors import NO_VALUE, ConfigError
+from batchfarm.actors.settings.model import STATE_DIR, Settings
+from batchfarm.actors.settings.urls import check_url
+
+ENV_PREFIX = "BATCHFARM_"
+#: The variable that names the config file; not a setting itself.
+CONFIG_ENV = "BATCHFARM_CONFIG"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Settings as loaded, with where each value came from."""
+
+    settings: Settings
+    #: ``"section.key"`` -> ``"default"``, the file's path, or the variable's name.
+    sources: Mapping[str, str]
+    #: The file read, if any.
+    path: Path | None
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Load settings from ``path`` (if given) and ``environ`` (default: ``os.environ``).
+
+    Raises :class:`ConfigError` on the first bad file, key or value.
+    """
+    env = os.environ if environ is None else environ
+    file_values = _read_file(path) if path is not None else {}
+    values: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for section_name, section_cls in _sections().items():
+        given = file_values.get(section_name, {})
+        parsed: dict[str, Any] = {}
+        for fld in dataclasses.fields(section_cls):
+            dotted = f"{section_name}.{fld.name}"
+            env_name = f"{ENV_PREFIX}{section_name.upper()}_{fld.name.upper()}"
+            if env_name in env:
+                parsed[fld.name] = _parse_env(env_name, env[env_name], section_cls, fld)
+                sources[dotted] = env_name
+            elif fld.name in given:
+                where = f"[{section_name}] {fld.name}"
+                parsed[fld.name] = _check_value(str(path), where, given[fld.name], section_cls, fld)
+                sources[dotted] = str(path)
+            else:
+                sources[dotted] = "default"
+        values[section_name] = parsed
+    _check_env_names(env)
+    settings = _build(values, sources)
+    return Loaded(settings=settings, sources=sources, path=path)
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings)}
+
+
+def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file", NO_VALUE, "no such file") from None
+    except OSError as e:
+        raise ConfigError(str(path), "file", NO_VALUE, f"cannot read it ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), "syntax", NO_VALUE, f"expected valid TOML ({e})") from None
+    sections = _sections()
+    for name, table in data.items():
+        if name not in sections:
+            hint = _did_you_mean(name, sections)
+            raise ConfigError(str(path), f"[{name}]", NO_VALUE, f"unknown section{hint}")
+        if not isinstance(table, dict):
+            raise ConfigError(str(path), name, table, "expected a [section] table")
+        known = {f.name for f in dataclasses.fields(sections[name])}
+        for key, value in table.items():
+            if key not in known:
+                hint = _did_you_mean(key, known)
+                raise ConfigError(str(path), f"[{name}] {key}", value, f"unknown key{hint}")
+    return data
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    # A variable whose section is ours but whose key is not is a typo that would otherwise be
+    # silently ignored; variables naming no section of ours are left alone (not settings).
+    sections = _sections()
+    for name in env:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section not in sections:
+            continue
+        known = {f.name for f in dataclasses.fields(sections[section])}
+        if key not in known:
+            options = {f"{ENV_PREFIX}{section.upper()}_{k.upper()}" for k in known}
+            hint = _did_you_mean(name, options)
+            raise ConfigError("environment", name, env[name], f"unknown setting{hint}")
+
+
+def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _parse_env(name: str, raw: str, cls: type, fld: dataclasses.Field[Any]) -> Any:
+    """Turn an environment string into the field's type, then validate it like a file value."""
+    kinds = _kinds(typing.get_type_hints(cls)[fld.name])
+    value: Any = raw
+    text = raw.strip()
+    if bool in kinds:
+        if text.lower() in _TRUE:
+            value = True
+        elif text.lower() in _FALSE:
+            value = False
+    elif int in kinds or float in kinds:
+        for kind in (int, float):
+            if kind in kinds:
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    continue
+    return _check_value("environment", name, value, cls, fld)
+
+
+def _check_value(
+    source: str, where: str, value: Any, cls: type, fld: dataclasses.Field[Any]
+) -> Any:
+    """Validate one value against its field's type and limits; return it (ints as floats)."""
+    kinds = _kinds(typing.get_type_hints(cls)[fld.name])
+    meta = fld.metadata
+    expected = _describe(kinds, meta)
+    if isinstance(value, str) and value in kinds:  # a Literal choice such as "auto"
+        return value
+    if isinstance(value, bool):
+        if bool in kinds:
+            return value
+        raise ConfigError(source, where, value, f"expected {expected}")
+    if isinstance(value, int | float) and (int in kinds or float in kinds):
+        if isinstance(value, float) and (float not in kinds or not math.isfinite(value)):
+            raise ConfigError(source, where, value, f"expected {expected}")
+        low, high = meta.get("min"), meta.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(source, where, value, f"expected {expected}")
+        return float(value) if float in kinds else value
+    if isinstance(value, str) and str in kinds:
+        # URLs naming {state_dir} are checked once it is known (see _build).
+        if meta.get("url") is not None and STATE_DIR not in value:
+            problem = check_url(value, meta["url"])
+            if problem:
+                raise ConfigError(source, where, value, f"expected {problem}")
+        return value
+    raise ConfigError(source, where, value, f"expected {expected}")
+
+
+def _kinds(hint: Any) -> set[Any]:
+    """Flatten ``int | Literal["auto"]`` into ``{int, "auto"}``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        out: set[Any] = set()
+        for arg in typing.get_args(hint):
+            out |= _kinds(arg)
+        return out
+    if typing.get_origin(hint) is Literal:
+        return set(typing.get_args(hint))
+    return {hint}
+
+
+def _describe(kinds: set[Any], meta: Mapping[str, Any]) -> str:
+    words = []
+    for choice in sorted(k for k in kinds if isinstance(k, str)):
+        words.append(f'"{choice}"')
+    low, high = meta.get("min"), meta.get("max")
+    span = ""
+    if low is not None and high is not None:
+        span = f" from {low:g} to {high:g}"
+    elif low is not None:
+        span = f" of at least {low:g}"
+    if float in kinds:
+        words.append(f"a number{span}")
+    elif int in kinds:
+        words.append(f"an integer{span}")
+    if bool in kinds:
+        words.append("true or false")
+    if str in kinds:
+        words.append("a string")
+    return " or ".join(words)
+
+
+def _build(values: dict[str, dict[str, Any]], sources: Mapping[str, str]) -> Settings:
+    """Make the frozen settings, with ``{state_dir}`` replaced in URLs and checked again."""
+    sections = _sections()
+    grid = values["grid"]
+    default_state = sections["grid"]().state_dir
+    # A relative state folder is relative to where the process starts, like any CLI path.
+    state_dir = os.path.abspath(os.path.expanduser(grid.get("state_dir", default_state)))
+    grid["state_dir"] = state_dir
+    built: dict[str, Any] = {}
+    for name, cls in sections.items():
+        given = values[name]
+        for fld in dataclasses.fields(cls):
+            raw = given.get(fld.name, fld.default)
+            if fld.metadata.get("url") is not None and STATE_DIR in raw:
+                source = sources[f"{name}.{fld.name}"]
+                where = f"[{name}] {fld.name}"
+                replaced = raw.replace(STATE_DIR, state_dir)
+                given[fld.name] = _check_value(source, where, replaced, cls, fld)
+        built[name] = cls(**given)
+    return Settings(**built)

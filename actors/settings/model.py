@@ -1,0 +1,117 @@
+"""The settings: one frozen dataclass per TOML section, every field with a default.
+
+Each field carries its documentation and limits in its metadata (see :func:`setting`), so
+the loader validates, ``batchfarm config show`` explains, and the config reference in the
+README and ``config/batchfarm.toml`` can be checked against one source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Placeholder in URLs and paths, replaced with ``[grid] state_dir`` when settings load.
+STATE_DIR = "{state_dir}"
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    url: tuple[str, ...] | None = None,
+) -> Any:
+    """Declare a settings field: its default, one line of documentation, and its limits.
+
+    ``url`` names the URL schemes the value may use; the empty tuple means "any SQLAlchemy
+    database URL".
+    """
+    return field(default=default, metadata={"doc": doc, "min": min, "max": max, "url": url})
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """[grid]: what every process of one grid shares."""
+
+    name: str = setting("batchfarm", "Name of the grid; nodes and metrics carry it.")
+    state_dir: str = setting(
+        "~/.local/state/batchfarm",
+        "Folder for the embedded backends' state; {state_dir} in URLs stands for it.",
+    )
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """[queue]: the task queue (embedded SQLite queue or SQS)."""
+
+    url: str = setting(
+        "local://{state_dir}/queue.db",
+        "Task queue: local:///path/queue.db (embedded) or sqs://name-prefix (AWS).",
+        url=("local", "sqs"),
+    )
+    visibility_timeout: float = setting(
+        60.0,
+        "Seconds a received task stays hidden; workers extend it while the task runs.",
+        min=1,
+        max=43_200,
+    )
+    max_receives: int = setting(
+        5, "Receives after which a task goes to the dead-letter queue.", min=1, max=1000
+    )
+    wait: float = setting(
+        10.0, "Long-poll seconds a worker waits for a task before asking again.", min=0, max=20
+    )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """[storage]: the blob store (a local directory or S3)."""
+
+    url: str = setting(
+        "file://{state_dir}/blobs",
+        "Blob store: file:///path (embedded) or s3://bucket/prefix (AWS).",
+        url=("file", "s3"),
+    )
+    chunk_size: int = setting(
+        8 * 1024 * 1024,
+        "Bytes per streamed chunk and multipart part (S3 needs at least 5 MiB).",
+        min=64 * 1024,
+        max=5 * 1024**3,
+    )
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """[store]: the analytics store (any SQLAlchemy URL: SQLite, PostgreSQL, MySQL)."""
+
+    url: str = setting(
+        "sqlite:///{state_dir}/grid.db",
+        "Analytics store: sqlite:///path, postgresql+psycopg://..., mysql+pymysql://...",
+        url=(),
+    )
+    batch_size: int = setting(
+        500, "Rows written per transaction when the manager flushes a batch.", min=1, max=100_000
+    )
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """[node]: one worker machine's supervisor and its worker actors."""
+
+    workers: int | Literal["auto"] = setting(
+        "auto", 'Worker actors: "auto" (one per core this process may use) or a number.', min=1
+    )
+    pin: bool = setting(True, "Pin each worker to its own core.")
+    prefetch: int = setting(1, "Most tasks a worker holds beyond the one it runs.", min=0, max=9)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a batchfarm process, loaded once at the entry point and passed down."""
+
+    grid: GridSettings = field(default_factory=GridSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
