@@ -1,0 +1,292 @@
+"""The one codec: records to msgpack frames (ZeroMQ) and JSON bodies (task queues), and back.
+
+Decoding never trusts its input: sizes are checked before parsing, msgpack's limits are set
+far below its 100 MiB default, extension types are refused, and the decoded value is checked
+field by field against the record's annotations. Whatever is wrong surfaces as one
+:class:`~batchfarm.actors.errors.MessageError`, whose ``reason`` a receiver counts before it
+drops the message and goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import msgpack
+
+from batchfarm.actors.errors import MessageError
+from batchfarm.actors.messages import TOP_LEVEL, Record
+
+#: Largest ZeroMQ frame a receiver accepts (sockets set ZMQ_MAXMSGSIZE to the same).
+MAX_FRAME_BYTES = 1024 * 1024
+#: Largest task-queue body, in UTF-8 bytes; larger parameters go to the blob store.
+MAX_BODY_BYTES = 256 * 1024
+#: Deepest nesting of free-form JSON values (params, args, meta).
+MAX_DEPTH = 32
+#: Most elements in one list or map inside a message.
+MAX_ITEMS = 100_000
+
+R = TypeVar("R", bound=Record)
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+
+
+def to_dict(record: Record) -> dict[str, Any]:
+    """The record as plain values, tagged with its kind and version."""
+    out: dict[str, Any] = {"kind": record.KIND, "v": record.VERSION}
+    out.update(_plain(record))
+    return out
+
+
+def encode_frame(record: Record) -> bytes:
+    """Encode a record as a msgpack frame for ZeroMQ."""
+    data: bytes = msgpack.packb(to_dict(record), use_bin_type=True)
+    if len(data) > MAX_FRAME_BYTES:
+        raise MessageError(
+            "size", f"{record.KIND} frame of {len(data)} bytes; at most {MAX_FRAME_BYTES}"
+        )
+    return data
+
+
+def encode_body(record: Record) -> str:
+    """Encode a record as compact JSON text for a task-queue body."""
+    text = json.dumps(to_dict(record), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    size = len(text.encode("utf-8"))
+    if size > MAX_BODY_BYTES:
+        raise MessageError(
+            "size",
+            f"{record.KIND} body of {size} bytes; at most {MAX_BODY_BYTES} "
+            "(put large parameters in the blob store and pass params_ref)",
+        )
+    return text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Record):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise MessageError("format", f"msgpack extension type {code} is not accepted")
+
+
+def decode_frame(data: bytes, expect: type[R] | None = None) -> Record:
+    """Decode a msgpack frame into a record (of type ``expect`` if given)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageError("format", f"frame is {type(data).__name__}, expected bytes")
+    if len(data) > MAX_FRAME_BYTES:
+        raise MessageError("size", f"frame of {len(data)} bytes; at most {MAX_FRAME_BYTES}")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            timestamp=0,
+            max_str_len=MAX_FRAME_BYTES,
+            max_bin_len=MAX_FRAME_BYTES,
+            max_array_len=MAX_ITEMS,
+            max_map_len=MAX_ITEMS,
+            max_ext_len=MAX_FRAME_BYTES,  # ext_hook refuses them by name
+        )
+    except MessageError:
+        raise
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as e:
+        # ExtraData, FormatError, StackError, limits and bad UTF-8 all land here.
+        raise MessageError("format", f"not a msgpack frame: {type(e).__name__}: {e}") from None
+    return from_dict(value, expect)
+
+
+def decode_body(text: str | bytes, expect: type[R] | None = None) -> Record:
+    """Decode a task-queue body (JSON text) into a record (of type ``expect`` if given)."""
+    if isinstance(text, bytes | bytearray):
+        if len(text) > MAX_BODY_BYTES:
+            raise MessageError("size", f"body of {len(text)} bytes; at most {MAX_BODY_BYTES}")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MessageError("format", f"body is not UTF-8: {e}") from None
+    if not isinstance(text, str):
+        raise MessageError("format", f"body is {type(text).__name__}, expected text")
+    if len(text) > MAX_BODY_BYTES:  # characters ≤ bytes: a cheap first bound
+        raise MessageError("size", f"body of {len(text)} characters; at most {MAX_BODY_BYTES}")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_dupes)
+    except MessageError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise MessageError("format", f"not a JSON body: {e}") from None
+    return from_dict(value, expect)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MessageError("format", f"JSON constant {name} is not accepted")
+
+
+def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise MessageError("format", "JSON object with a repeated key")
+    return out
+
+
+def from_dict(value: Any, expect: type[R] | None = None) -> Record:
+    """Check a decoded value against its record's schema and build the record."""
+    if not isinstance(value, dict):
+        raise MessageError("schema", f"message is a {_name(value)}, expected a map")
+    kind, version = value.get("kind"), value.get("v")
+    cls = TOP_LEVEL.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(
+            "kind", f"unknown message kind {kind!r}; expected one of {sorted(TOP_LEVEL)}"
+        )
+    if expect is not None and cls is not expect:
+        raise MessageError("kind", f"got a {kind} message, expected {expect.KIND}")
+    if type(version) is not int or version != cls.VERSION:
+        raise MessageError(
+            "version", f"{kind} version {version!r}; this batchfarm reads version {cls.VERSION}"
+        )
+    record = _build(cls, value, cls.KIND)
+    problem = record.check()
+    if problem:
+        raise MessageError("schema", f"{kind}: {problem}")
+    return record
+
+
+# ---------------------------------------------------------------------------------------
+# Field-by-field checks, driven by the records' annotations
+
+
+_FIELDS: dict[type[Record], tuple[tuple[str, Any, bool], ...]] = {}
+
+
+def _fields(cls: type[Record]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type, required) per field; resolved once per class, decoding is a hot path."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        hints = typing.get_type_hints(cls)
+        known = tuple(
+            (
+                f.name,
+                hints[f.name],
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        )
+        _FIELDS[cls] = known
+    return known
+
+
+def _build(cls: type[Record], value: dict[str, Any], path: str) -> Record:
+    kwargs = {}
+    for name, hint, required in _fields(cls):
+        if name in value:
+            kwargs[name] = _convert(value[name], hint, f"{path}.{name}")
+        elif required:
+            raise MessageError("schema", f"{path}.{name} is missing")
+    # Unknown fields are ignored: a newer sender may add optional fields within a version.
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    check = _CHECKS.get(hint)
+    if check is not None:
+        return check(value, path)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path)  # our unions are only "X | None"
+    if origin is Literal:
+        if value not in args or not isinstance(value, str):
+            raise MessageError("schema", f"{path} is {value!r}, expected one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise MessageError("schema", f"{path} is a {_name(value)}, expected a list")
+        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MessageError("schema", f"{path} is a {_name(value)}, expected a map")
+        return {
+            _check_str(k, f"{path} key"): _convert(v, args[1], f"{path}.{k}")
+            for k, v in value.items()
+        }
+    if isinstance(hint, type) and issubclass(hint, Record):
+        if not isinstance(value, dict):
+            raise MessageError("schema", f"{path} is a {_name(value)}, expected a map")
+        return _build(hint, value, path)
+    raise TypeError(f"no decoder for {hint!r} at {path}")  # a bug in a record, not bad input
+
+
+def _check_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise MessageError("schema", f"{path} is a {_name(value)}, expected text")
+    return value
+
+
+def _check_int(value: Any, path: str) -> int:
+    if type(value) is not int or not -(2**63) <= value < 2**64:
+        raise MessageError("schema", f"{path} is {_name(value)}, expected an integer")
+    return value
+
+
+def _check_float(value: Any, path: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise MessageError("schema", f"{path} is {_name(value)}, expected a finite number")
+    return float(value)
+
+
+def _check_bool(value: Any, path: str) -> bool:
+    if type(value) is not bool:
+        raise MessageError("schema", f"{path} is {_name(value)}, expected true or false")
+    return value
+
+
+def _check_json(value: Any, path: str, depth: int = 0) -> Any:
+    """A free-form value: null, booleans, numbers, text, lists and string-keyed maps."""
+    if depth > MAX_DEPTH:
+        raise MessageError("schema", f"{path} nests deeper than {MAX_DEPTH} levels")
+    if value is None or type(value) in (bool, str):
+        return value
+    if type(value) in (int, float):
+        return _check_float(value, path) if type(value) is float else _check_int(value, path)
+    if isinstance(value, list):
+        return [_check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            _check_str(k, f"{path} key"): _check_json(v, f"{path}.{k}", depth + 1)
+            for k, v in value.items()
+        }
+    raise MessageError("schema", f"{path} is {_name(value)}, expected a JSON value")
+
+
+def _name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+_CHECKS: dict[Any, Callable[[Any, str], Any]] = {
+    str: _check_str,
+    int: _check_int,
+    float: _check_float,
+    bool: _check_bool,
+    Any: _check_json,
+}

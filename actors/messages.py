@@ -1,0 +1,256 @@
+"""The records batchfarm's processes exchange: small, frozen, typed, versioned.
+
+Two families travel two ways (see ``batchfarm.actors.codec``):
+
+- On the data plane, through a task queue, as JSON text any SQS client can read or write:
+  :class:`TaskBody` (a task to run) and :class:`Completion` (what became of it).
+- On the control plane, over ZeroMQ, as msgpack frames: :class:`Heartbeat`,
+  :class:`Metrics` and :class:`Command`.
+
+Every record names its ``KIND`` and ``VERSION``. Within a version, fields are only ever
+added, each with a default, and decoders ignore fields they do not know; anything else is a
+new version, which older decoders reject by name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+#: Job ids and stage names: what may appear in a task id and in output keys.
+IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_task_ids(job: str, stage: str, part: int) -> str | None:
+    """Return what is wrong with a task's job id, stage name and part number, or None."""
+    for name, value in (("job", job), ("stage", stage)):
+        if not IDENT.fullmatch(value):
+            return (
+                f"{name} is {value!r}, expected 1 to 64 letters, digits, '_', '.' or '-'"
+                " starting with a letter or digit"
+            )
+    if part < 0:
+        return f"part is {part}, expected 0 or more"
+    return None
+
+
+@dataclass(frozen=True)
+class Record:
+    """Base of every message record."""
+
+    KIND: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    def check(self) -> str | None:
+        """Return what is wrong beyond the field types (decoders call it), or None."""
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Data plane: queue bodies (JSON)
+
+
+@dataclass(frozen=True)
+class TaskBody(Record):
+    """One task to run: the body of a message in a task queue (format version 1).
+
+    The task id is ``<job>/<stage>/<part>`` and the task writes its outputs under
+    ``jobs/<job>/<stage>/<part>/``, so a task that runs twice writes the same objects.
+    """
+
+    KIND: ClassVar[str] = "task"
+
+    job: str
+    stage: str
+    part: int
+    handler: str
+    #: Blob keys of the task's inputs.
+    inputs: list[str] = field(default_factory=list)
+    #: The handler's parameters (JSON values). Large ones travel by ``params_ref``.
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Blob key of a JSON object merged over ``params``, for parameters too large for a body.
+    params_ref: str | None = None
+    #: Attempts before the failure is final (transient errors only).
+    max_attempts: int = 3
+    #: Seconds the handler may run before it is stopped; None for no limit.
+    time_limit_s: float | None = None
+    #: When the manager enqueued the task, in seconds since the epoch.
+    enqueued_at: float = 0.0
+
+    @property
+    def task_id(self) -> str:
+        """``<job>/<stage>/<part>``: the task's stable identity."""
+        return f"{self.job}/{self.stage}/{self.part}"
+
+    def check(self) -> str | None:
+        """Ids must be usable in keys; limits must be positive."""
+        problem = check_task_ids(self.job, self.stage, self.part)
+        if problem:
+            return problem
+        if self.max_attempts < 1:
+            return f"max_attempts is {self.max_attempts}, expected at least 1"
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            return f"time_limit_s is {self.time_limit_s}, expected a positive number"
+        return None
+
+    @property
+    def output_prefix(self) -> str:
+        """Where the task writes its outputs in the blob store."""
+        return f"jobs/{self.task_id}/"
+
+
+@dataclass(frozen=True)
+class OutputRef(Record):
+    """One object a task wrote."""
+
+    key: str
+    size: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorInfo(Record):
+    """Why a task failed: enough to act on without the worker's logs."""
+
+    type: str
+    message: str
+    #: The last lines the handler's tool wrote to stderr, if it ran one.
+    stderr_tail: str = ""
+    #: True for errors a retry cannot fix (bad input, unknown parameter).
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class Timings(Record):
+    """Where a task's time went, in seconds."""
+
+    queue_wait_s: float = 0.0
+    fetch_s: float = 0.0
+    compute_s: float = 0.0
+    upload_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Completion(Record):
+    """What became of one run of a task: the body of a message in the completion queue."""
+
+    KIND: ClassVar[str] = "completion"
+
+    job: str
+    stage: str
+    part: int
+    ok: bool
+    node: str
+    worker: int
+    #: The task message's receive count for this run (1 on the first run).
+    attempt: int
+    started_at: float
+    finished_at: float
+    outputs: list[OutputRef] = field(default_factory=list)
+    error: ErrorInfo | None = None
+    #: True when the failure is final (permanent, or out of attempts).
+    final: bool = False
+    timings: Timings = field(default_factory=Timings)
+    cpu_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: What the handler returned about its output (JSON values).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_id(self) -> str:
+        """``<job>/<stage>/<part>`` of the task this completes."""
+        return f"{self.job}/{self.stage}/{self.part}"
+
+    def check(self) -> str | None:
+        """Ids must be those of a task; the attempt counts from 1."""
+        if self.attempt < 1:
+            return f"attempt is {self.attempt}, expected at least 1"
+        return check_task_ids(self.job, self.stage, self.part)
+
+
+# ---------------------------------------------------------------------------------------
+# Control plane: ZeroMQ frames (msgpack)
+
+WorkerState = Literal["starting", "idle", "busy", "paused", "draining", "stopped", "failed"]
+NodeState = Literal["up", "paused", "draining", "stopping"]
+
+
+@dataclass(frozen=True)
+class WorkerStatus(Record):
+    """One worker actor as its node sees it."""
+
+    index: int
+    pid: int
+    state: WorkerState
+    core: int | None = None
+    task: str | None = None
+    #: Fraction of the current task done, 0 to 1, when the handler reports it.
+    progress: float | None = None
+    done: int = 0
+    failed: int = 0
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class Heartbeat(Record):
+    """A node's periodic report of itself and its workers."""
+
+    KIND: ClassVar[str] = "heartbeat"
+
+    node: str
+    sent_at: float
+    state: NodeState
+    node_class: str = "default"
+    host: str = ""
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    workers: list[WorkerStatus] = field(default_factory=list)
+    #: Telemetry frames dropped because the manager was away and the buffer was full.
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Sample(Record):
+    """One metric sample: a name, its labels (a small fixed set) and a value."""
+
+    name: str
+    value: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metrics(Record):
+    """A batch of metric samples from one node."""
+
+    KIND: ClassVar[str] = "metrics"
+
+    node: str
+    sent_at: float
+    samples: list[Sample] = field(default_factory=list)
+
+
+CommandName = Literal["drain", "pause", "resume", "reload", "resize", "cancel"]
+
+
+@dataclass(frozen=True)
+class Command(Record):
+    """A steering command from the manager (or the CLI) to a node."""
+
+    KIND: ClassVar[str] = "command"
+
+    name: CommandName
+    #: Command id, echoed in acknowledgements.
+    id: str = ""
+    #: Arguments: ``force`` for pause, ``workers`` for resize, ``job`` for cancel, ...
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+#: Records that travel on their own (the others are nested in these), by kind.
+TOP_LEVEL: dict[str, type[Record]] = {
+    cls.KIND: cls for cls in (TaskBody, Completion, Heartbeat, Metrics, Command)
+}
