@@ -1,0 +1,70 @@
+"""Backends chosen by URL: the same grid runs embedded on one machine or on AWS.
+
+Each backend is an interface with its implementations (``queue``, ``blobs``, ``store``);
+this module maps a settings URL to its implementation. Backends know nothing of actors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy.engine import make_url
+
+from batchfarm.actors.backends.blobs import BlobStore
+from batchfarm.actors.backends.blobs.local import LocalBlobStore
+from batchfarm.actors.backends.queue import TaskQueue
+from batchfarm.actors.backends.queue.local import LocalQueue
+from batchfarm.actors.errors import BackendError
+from batchfarm.actors.settings import QueueSettings, StorageSettings, StoreSettings
+
+if TYPE_CHECKING:
+    from batchfarm.actors.backends.store import Store
+
+#: The grid's queues, by role. On SQS each is ``<prefix>-<name>``, each with its ``-dlq``.
+TASKS = "tasks"
+COMPLETIONS = "completions"
+
+
+def open_queue(settings: QueueSettings, name: str) -> TaskQueue:
+    """Open the grid's queue ``name`` (``tasks``, ``completions``, ...) at ``settings.url``."""
+    parts = urlsplit(settings.url)
+    if parts.scheme == "local":
+        path = Path(unquote(parts.path))
+        _make_folder(path.parent, settings.url)
+        return LocalQueue(path, name, max_receives=settings.max_receives)
+    raise BackendError(f"queue URL {settings.url!r}: no {parts.scheme}:// backend in this release")
+
+
+def open_blobs(settings: StorageSettings) -> BlobStore:
+    """Open the blob store at ``settings.url``."""
+    parts = urlsplit(settings.url)
+    if parts.scheme == "file":
+        root = Path(unquote(parts.path))
+        _make_folder(root, settings.url)
+        return LocalBlobStore(root, chunk_size=settings.chunk_size)
+    raise BackendError(
+        f"storage URL {settings.url!r}: no {parts.scheme}:// backend in this release"
+    )
+
+
+def open_store(settings: StoreSettings) -> Store:
+    """Open the analytics store at ``settings.url``, creating or upgrading its schema."""
+    # Imported here: only the manager opens the store; worker nodes never load its models,
+    # its ORM or Alembic.
+    from batchfarm.actors.backends.store import Store  # noqa: PLC0415
+
+    if settings.url.startswith("sqlite"):
+        database = make_url(settings.url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            _make_folder(Path(database).parent, settings.url)
+    return Store(settings.url, batch_size=settings.batch_size)
+
+
+def _make_folder(folder: Path, url: str) -> None:
+    """Create the folder an embedded backend keeps its files in (the state dir, usually)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"{url!r}: cannot create the folder {folder}: {exc.strerror}") from exc
