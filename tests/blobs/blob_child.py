@@ -17,7 +17,6 @@ import gc
 import hashlib
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -116,9 +115,11 @@ def bigio(root: str, size: int, chunk: int) -> dict:
         count += len(piece)
     total_s = time.monotonic() - started
     head = store.head("big")
-    # ru_maxrss is the peak over the whole life (KiB on Linux); the baseline is the RSS at the
-    # start, so their difference bounds the growth from above.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM is this process's peak RSS. (Not ru_maxrss: Linux carries that over from the
+    # parent's memory across fork and exec, so under a large pytest process it reports the
+    # parent's peak.) The baseline is the RSS at the start, so the difference bounds the growth
+    # from above.
+    peak = _peak_rss()
     store.delete("big")  # a 1 GiB file must not outlive the test's temp directory
     return {
         "size": info.size,
@@ -133,6 +134,14 @@ def bigio(root: str, size: int, chunk: int) -> dict:
         "put_s": round(put_s, 2),
         "total_s": round(total_s, 2),
     }
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 COMMANDS = {"write": write, "read": read, "churn": churn, "bigio": bigio}

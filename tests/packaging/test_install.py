@@ -61,15 +61,19 @@ def test_batchfarm_and_supervisord_install_into_one_venv(tmp_path):
     assert "site-packages/supervisor/" in supervisord_file
     assert "site-packages/batchfarm/supervisor/" in ours
 
-    # Every module of ours is in the wheel and imports (nothing left out of setup.cfg).
+    # Every module of ours is in the wheel and imports (nothing left out of setup.cfg). Alembic's
+    # migration scripts are listed but not imported: they run only inside Alembic's context.
     listed = run(
         python,
         "-c",
         "import pkgutil, importlib, batchfarm.actors, batchfarm.supervisor\n"
         "for pkg in (batchfarm.actors, batchfarm.supervisor):\n"
         "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
-        "        if not m.name.endswith('__main__'):\n"
-        "            importlib.import_module(m.name); print(m.name)\n",
+        "        if m.name.endswith('__main__'):\n"
+        "            continue\n"
+        "        if '.migrations.' not in m.name or m.ispkg:\n"
+        "            importlib.import_module(m.name)\n"
+        "        print(m.name)\n",
         cwd=tmp_path,
     ).split()
     sources = {
@@ -80,6 +84,11 @@ def test_batchfarm_and_supervisord_install_into_one_venv(tmp_path):
     }
     installed = {name.removeprefix("batchfarm.") for name in listed}
     assert sources <= installed
+    # Package data: the PEP 561 markers and Alembic's revision template.
+    where = "import batchfarm.actors as a; print(a.__path__[0])"
+    actors_dir = Path(run(python, "-c", where, cwd=tmp_path).strip())
+    for data in ("py.typed", "backends/store/migrations/script.py.mako"):
+        assert (actors_dir / data).is_file(), data
 
     # The one console script works, with the shipped config.
     bf = env_dir / "bin" / "batchfarm"
