@@ -1,0 +1,74 @@
+"""The README stays true: its config reference and task-body example match the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from batchfarm.actors.codec import decode_body, encode_body
+from batchfarm.actors.messages import TaskBody
+from batchfarm.actors.settings.model import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def _section(text: str, heading: str) -> str:
+    """The README text under ``heading`` up to the next heading of the same or higher level."""
+    level = heading.split(" ", 1)[0]
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading) + 1 :]
+    stop = re.search(rf"^#{{1,{len(level)}}} ", rest, flags=re.MULTILINE)
+    return rest[: stop.start()] if stop else rest
+
+
+def _reference_tables(readme: str) -> dict[str, dict[str, str]]:
+    """{section: {key: default cell}} from the README's config reference."""
+    tables: dict[str, dict[str, str]] = {}
+    current = None
+    for line in _section(readme, "### Config reference").splitlines():
+        if heading := re.match(r"\*\*\[(\w+)\]\*\*", line):
+            current = tables.setdefault(heading.group(1), {})
+        elif current is not None and (row := re.match(r"\| `(\w+)` \| `(.+?)` \|", line)):
+            current[row.group(1)] = row.group(2)
+    return tables
+
+
+def _toml_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def test_config_reference_lists_every_key_with_its_default(readme):
+    tables = _reference_tables(readme)
+    expected = {
+        section.name: {
+            fld.name: _toml_literal(fld.default)
+            for fld in dataclasses.fields(section.default_factory())
+        }
+        for section in dataclasses.fields(Settings)
+    }
+    assert tables == expected
+
+
+def test_task_body_example_decodes_and_round_trips(readme):
+    section = _section(readme, "### Task body, format 1")
+    example = re.search(r"```json\n(.*?)```", section, flags=re.DOTALL)
+    assert example is not None, "no JSON example under 'Task body, format 1'"
+    task = decode_body(example.group(1), TaskBody)
+    assert task.task_id == "trailer-2026/transcode/7"
+    assert decode_body(encode_body(task), TaskBody) == task
+    # The field table documents every field the format has, and no other.
+    documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", section, flags=re.MULTILINE))
+    names = {name for pair in documented for name in pair if name}
+    assert names == {"kind", "v"} | {f.name for f in dataclasses.fields(TaskBody)}
