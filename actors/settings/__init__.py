@@ -7,11 +7,13 @@ environment variables, validates every value and returns :class:`Loaded`.
 from batchfarm.actors.settings.load import CONFIG_ENV, ENV_PREFIX, Loaded, load
 from batchfarm.actors.settings.model import (
     GridSettings,
+    MediaSettings,
     NodeSettings,
     QueueSettings,
     Settings,
     StorageSettings,
     StoreSettings,
+    TasksSettings,
 )
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "ENV_PREFIX",
     "GridSettings",
     "Loaded",
+    "MediaSettings",
     "NodeSettings",
     "QueueSettings",
     "Settings",
     "StorageSettings",
     "StoreSettings",
+    "TasksSettings",
     "load",
 ]

@@ -104,6 +104,71 @@ class NodeSettings:
     )
     pin: bool = setting(True, "Pin each worker to its own core.")
     prefetch: int = setting(1, "Most tasks a worker holds beyond the one it runs.", min=0, max=9)
+    manager: str = setting(
+        "tcp://127.0.0.1:5555",
+        "The manager's telemetry endpoint (ZeroMQ) for heartbeats and metrics.",
+        url=("tcp",),
+    )
+    heartbeat_interval: float = setting(
+        5.0, "Seconds between heartbeats (and metrics) to the manager.", min=0.1, max=300
+    )
+    telemetry_buffer: int = setting(
+        1000,
+        "Heartbeat and metrics frames kept while the manager is away; the oldest go first.",
+        min=1,
+        max=1_000_000,
+    )
+    drain_grace: float = setting(
+        60.0,
+        "Seconds running tasks may take to finish on a drain before they are stopped.",
+        min=0,
+        max=7200,
+    )
+    restart_backoff: float = setting(
+        0.5, "Seconds before restarting a crashed worker; doubles per crash.", min=0, max=60
+    )
+    restart_backoff_max: float = setting(
+        30.0, "Longest wait before restarting a crashed worker.", min=0, max=3600
+    )
+    restart_limit: int = setting(
+        5, "Crashes within restart_window after which a worker is given up.", min=1, max=1000
+    )
+    restart_window: float = setting(
+        60.0, "Seconds over which a worker's crashes are counted.", min=1, max=86_400
+    )
+
+
+@dataclass(frozen=True)
+class TasksSettings:
+    """[tasks]: defaults for how a task runs and retries (a job's spec may override them)."""
+
+    max_attempts: int = setting(
+        3, "Runs a task gets before a transient failure is final.", min=1, max=1000
+    )
+    retry_backoff: float = setting(
+        2.0, "Seconds before a failed task runs again; doubles per attempt.", min=0, max=43_200
+    )
+    retry_backoff_max: float = setting(
+        300.0, "Longest wait before a failed task runs again.", min=0, max=43_200
+    )
+    time_limit: float = setting(
+        0.0, "Seconds a task may run before it is stopped; 0 for no limit.", min=0, max=43_200
+    )
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    """[media]: the tools media handlers run."""
+
+    ffmpeg: str = setting(
+        "", 'ffmpeg to run: a path, or "" for ffmpeg on PATH, else the one imageio-ffmpeg ships.'
+    )
+    threads: int | Literal["auto"] = setting(
+        "auto",
+        'Threads per ffmpeg: "auto" (1 for a pinned worker, else its share of the cores).',
+        min=1,
+        max=64,
+    )
 
 
 @dataclass(frozen=True)
@@ -115,3 +180,5 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
+    tasks: TasksSettings = field(default_factory=TasksSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)

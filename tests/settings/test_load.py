@@ -178,3 +178,22 @@ def test_bad_environment_values_are_named(environ, message):
         load(None, environ=environ)
     assert message in str(info.value)
     assert str(info.value).startswith("environment: ")
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://manager", "tcp://manager:0", "tcp://:5555", "ipc:///tmp/x", "tcp://h:99999"]
+)
+def test_a_bad_manager_endpoint_is_refused(tmp_path, endpoint):
+    path = write(tmp_path, f'[node]\nmanager = "{endpoint}"\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"\[node\] manager = .*expected a (ZeroMQ endpoint|URL) of the form tcp://host:port",
+    ):
+        load(path, environ={})
+
+
+def test_a_manager_endpoint_by_name_or_address_loads(tmp_path):
+    environ = {"BATCHFARM_NODE_MANAGER": "tcp://10.0.0.10:5555"}
+    assert load(None, environ=environ).settings.node.manager == "tcp://10.0.0.10:5555"
+    path = write(tmp_path, '[node]\nmanager = "tcp://manager.internal:6000"\n')
+    assert load(path, environ={}).settings.node.manager == "tcp://manager.internal:6000"
