@@ -90,3 +90,37 @@ class BlobNotFoundError(BlobError, KeyError):
 
 class StoreError(BackendError):
     """The analytics store failed a read or write."""
+
+
+class TaskError(BatchfarmError):
+    """A task failed. Handlers raise it (or let any exception escape) to fail their task.
+
+    ``permanent`` marks a failure no retry can fix (bad input, an unknown parameter): the
+    task fails at once. Otherwise the task runs again after a backoff, until its attempts
+    or the queue's receive limit run out. ``stderr_tail`` carries the last lines a tool
+    wrote, so the failure can be acted on without the worker's logs.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.stderr_tail = stderr_tail
+
+
+class TaskCancelled(TaskError):
+    """A running task was stopped before it finished.
+
+    ``reason`` says why: ``time_limit`` (it ran too long), ``lease_lost`` (its message went to
+    another worker), ``paused`` (a forced pause) or ``drain`` (the drain's grace ran out).
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or f"task stopped: {reason}")
+        self.reason = reason
+
+
+class UnknownHandlerError(TaskError):
+    """A task names a handler that is neither built in, registered, nor importable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)

@@ -179,7 +179,9 @@ NodeState = Literal["up", "paused", "draining", "stopping"]
 
 @dataclass(frozen=True)
 class WorkerStatus(Record):
-    """One worker actor as its node sees it."""
+    """One worker actor as its node sees it; workers send it to their supervisor too."""
+
+    KIND: ClassVar[str] = "worker"
 
     index: int
     pid: int
@@ -234,7 +236,7 @@ class Metrics(Record):
     samples: list[Sample] = field(default_factory=list)
 
 
-CommandName = Literal["drain", "pause", "resume", "reload", "resize", "cancel"]
+CommandName = Literal["drain", "pause", "resume", "reload", "resize", "cancel", "stop"]
 
 
 @dataclass(frozen=True)
@@ -252,5 +254,5 @@ class Command(Record):
 
 #: Records that travel on their own (the others are nested in these), by kind.
 TOP_LEVEL: dict[str, type[Record]] = {
-    cls.KIND: cls for cls in (TaskBody, Completion, Heartbeat, Metrics, Command)
+    cls.KIND: cls for cls in (TaskBody, Completion, Heartbeat, Metrics, Command, WorkerStatus)
 }
