@@ -1,0 +1,74 @@
+"""What a handler is given: its task, its files, its limits, and a way to run tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchfarm.actors.errors import TaskCancelled
+from batchfarm.actors.handlers import tool
+from batchfarm.actors.handlers.tool import ToolResult
+from batchfarm.actors.messages import TaskBody
+from batchfarm.actors.settings import MediaSettings
+
+__all__ = ["TaskContext", "ToolResult"]
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets. It never sees the worker's internals.
+
+    The worker downloads the task's inputs into local files, builds this, calls the handler in
+    a thread, then uploads every file the handler left in ``output_dir`` under
+    ``task.output_prefix``. A handler reports progress through ``progress`` and stops soon
+    after ``cancelled()`` turns true, by calling :meth:`check_cancelled` between steps (and
+    :meth:`run_tool` does it for the tools it runs).
+    """
+
+    task: TaskBody
+    #: ``task.params`` with ``params_ref`` already merged by the worker.
+    params: Mapping[str, Any]
+    #: Local copies of ``task.inputs``, in the same order.
+    inputs: list[Path]
+    #: An empty folder; files left here are the task's outputs.
+    output_dir: Path
+    #: A private temporary folder, removed after the task; tools run in it.
+    scratch: Path
+    media: MediaSettings
+    #: Threads a tool may use (1 for a pinned worker).
+    threads: int
+    #: Report the fraction done, 0 to 1.
+    progress: Callable[[float], None]
+    #: True once the task must stop.
+    cancelled: Callable[[], bool]
+
+    def run_tool(
+        self,
+        argv: Sequence[str],
+        *,
+        on_stdout_line: Callable[[str], None] | None = None,
+        permanent_if: Callable[[str], bool] | None = None,
+    ) -> ToolResult:
+        """Run a tool (an argv list, never a shell) in ``scratch`` and wait for it.
+
+        Its stdin is /dev/null; it runs in a session of its own and dies with the worker.
+        ``on_stdout_line`` gets each stdout line as it comes (ffmpeg ``-progress pipe:1``).
+        Cancellation is polled every 50 ms: the tool's whole process group is then killed
+        and :class:`TaskCancelled` raised. A non-zero exit raises :class:`TaskError` with
+        the last stderr line in its message and the stderr tail attached, permanent if
+        ``permanent_if(stderr_tail)`` says so. A missing program is a permanent TaskError.
+        """
+        return tool.run(
+            argv,
+            cancelled=self.cancelled,
+            cwd=self.scratch,
+            on_stdout_line=on_stdout_line,
+            permanent_if=permanent_if,
+        )
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`TaskCancelled` if the task must stop."""
+        if self.cancelled():
+            raise TaskCancelled("cancelled")

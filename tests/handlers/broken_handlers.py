@@ -1,0 +1,3 @@
+"""A handler module that fails while it is imported."""
+
+raise RuntimeError("broken on purpose")
