@@ -196,6 +196,9 @@ class WorkerStatus(Record):
     rss_bytes: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Receipt handles of the messages the worker holds, so that its supervisor can hand
+    #: them back at once if the worker dies.
+    receipts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

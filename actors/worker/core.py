@@ -1,0 +1,449 @@
+"""The worker's engine: three threads that keep one core busy with tasks from the queue.
+
+- intake: receives messages (as many as :class:`IntakePolicy` allows), downloads each
+  task's inputs, and queues it as waiting;
+- executor: runs the waiting tasks' handlers one at a time (the CPU-heavy part);
+- output: stores each finished task's outputs, reports its completion, deletes its message
+  (or schedules its retry, or dead-letters it).
+
+So while a task computes, the next one's input is downloading and the last one's output is
+uploading. The actor's loop drives the rest from timers: renewing leases
+(:meth:`WorkerCore.renew_leases`) and enforcing time limits (:meth:`WorkerCore.enforce_limits`).
+The core knows nothing of ZeroMQ or the actor runtime; tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from batchfarm.actors.backends import COMPLETIONS, TASKS, open_blobs, open_queue
+from batchfarm.actors.backends.blobs import BlobStore
+from batchfarm.actors.backends.queue import TaskQueue
+from batchfarm.actors.codec import encode_body
+from batchfarm.actors.errors import BatchfarmError, QueueError, TaskCancelled, TaskError
+from batchfarm.actors.messages import WorkerState, WorkerStatus
+from batchfarm.actors.settings import Settings
+from batchfarm.actors.worker import assignment as steps
+from batchfarm.actors.worker.assignment import Assignment
+from batchfarm.actors.worker.execute import run_handler
+from batchfarm.actors.worker.intake import IntakePolicy
+from batchfarm.actors.worker.leases import Leases, hand_back, retry_delay
+
+log = logging.getLogger(__name__)
+
+#: Pause after a queue error in the intake loop, doubling up to the maximum.
+INTAKE_RETRY_S = (0.5, 10.0)
+
+
+class WorkerCore:
+    """Runs tasks from the grid's task queue on this process's core, until closed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        index: int,
+        node: str,
+        *,
+        threads: int,
+        scratch_root: Path,
+        on_drained: Callable[[], None],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.node = node
+        self.threads = threads
+        self.scratch_root = scratch_root
+        self._on_drained = on_drained
+        self._on_change = on_change
+        self.leases = Leases(settings.queue.visibility_timeout)
+        self.policy = IntakePolicy(settings.node.prefetch)
+        self._cond = threading.Condition()
+        self._waiting: deque[Assignment] = deque()
+        self._current: Assignment | None = None
+        self._held: dict[str, Assignment] = {}  # receipt -> assignment, every stage
+        self._outbox: stdqueue.Queue[Assignment | None] = stdqueue.Queue()
+        self._accepting = True
+        self._paused = False
+        self._draining = False
+        # An Event, not a bool: other threads set it while a loop reads it.
+        self._closing = threading.Event()
+        self._intake_busy = False
+        self._drained_sent = False
+        self.done = 0
+        self.failed = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.rejected = 0
+        self._threads: list[threading.Thread] = []
+
+    # -- life --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the backends and start the intake, executor and output threads."""
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        # The intake's long poll gets a queue object of its own, so renewals, deletes and
+        # hand-backs never wait behind it.
+        self._poll_queue = open_queue(self.settings.queue, TASKS)
+        self._queue = open_queue(self.settings.queue, TASKS)
+        self._completions = open_queue(self.settings.queue, COMPLETIONS)
+        self._blobs = open_blobs(self.settings.storage)
+        for name, target in (
+            ("intake", self._intake_loop),
+            ("executor", self._executor_loop),
+            ("output", self._output_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"worker-{self.index}-{name}")
+            thread.daemon = True  # a hung handler must not keep a stopping process alive
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads and release the backends; held messages are handed back."""
+        with self._cond:
+            self._closing.set()
+            self._accepting = False
+            current = self._current
+            self._cond.notify_all()
+        if current is not None:
+            current.stop("drain")  # its message goes back to the queue
+        self._outbox.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            # The intake may sit in a long poll for a while: never wait long for it.
+            wait = 0.1 if thread.name.endswith("intake") else deadline - time.monotonic()
+            thread.join(max(0.0, wait))
+        self._release_all()
+        backends: list[TaskQueue | BlobStore] = [self._queue, self._completions, self._blobs]
+        if not self._intake_busy:
+            # An intake still in its long poll keeps its queue; the process is ending and
+            # what the poll returns reappears when its visibility runs out.
+            backends.append(self._poll_queue)
+        for backend in backends:
+            backend.close()
+
+    # -- commands (from the actor's loop) ------------------------------------------------------
+
+    def drain(self) -> None:
+        """Take no new task, hand back waiting ones, let the running one finish, then report."""
+        with self._cond:
+            self._draining = True
+            self._accepting = False
+            waiting = self._take_waiting()
+            self._cond.notify_all()
+        self._give_back(waiting, 0.0)
+        self._check_drained()
+
+    def stop_now(self) -> None:
+        """Drain by force: stop the running task too and hand its message back."""
+        self.drain()
+        current = self._current
+        if current is not None:
+            current.stop("drain")
+
+    def pause(self, force: bool = False) -> None:
+        """Take no new task; with ``force``, stop the running one and hand it back."""
+        with self._cond:
+            self._paused = True
+            self._accepting = False
+            waiting = self._take_waiting()
+            current = self._current
+        self._give_back(waiting, 0.0)
+        if force and current is not None:
+            current.stop("paused")
+        self._on_change()
+
+    def resume(self) -> None:
+        """Take tasks again after a pause (a drain is not undone)."""
+        with self._cond:
+            self._paused = False
+            self._accepting = not self._draining and not self._closing.is_set()
+            self._cond.notify_all()
+        self._on_change()
+
+    # -- timers (from the actor's loop) --------------------------------------------------------
+
+    def renew_leases(self) -> None:
+        """Extend every held message's visibility; stop any task whose lease was lost."""
+        for lease in self.leases.renew(self._queue):
+            held = self._held.get(lease.receipt)
+            log.warning("worker %d lost the lease on %s", self.index, lease.label)
+            if held is not None:
+                held.stop("lease_lost")
+
+    def enforce_limits(self, now: float | None = None) -> Assignment | None:
+        """Stop a task past its time limit; return it if it ignored the stop (the worker hung)."""
+        now = time.monotonic() if now is None else now
+        current = self._current
+        if current is None or current.run_started is None or current.task is None:
+            return None
+        limit = current.task.time_limit_s or self.settings.tasks.time_limit or None
+        if limit is not None and now - current.run_started > limit and not current.cancel.is_set():
+            current.stop("time_limit")
+            current.timings["cancelled_at"] = now
+        cancelled_at = current.timings.get("cancelled_at")
+        if current.cancel.is_set() and cancelled_at is None:
+            current.timings["cancelled_at"] = now
+        elif cancelled_at is not None and now - cancelled_at > self.settings.tasks.cancel_grace:
+            return current
+        return None
+
+    def abandon(self, hung: Assignment) -> None:
+        """Report a hung task as failed (its retry follows the usual rules) and hand back the rest.
+
+        Called just before the process exits: a handler thread cannot be stopped from outside.
+        """
+        hung.failure = TaskCancelled(
+            hung.cancel_reason or "time_limit", "the handler did not stop when told"
+        )
+        with self._cond:
+            self._current = None
+        self._finish(hung)
+        self._release_all()
+
+    # -- status ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> WorkerState:
+        """What the worker is doing, as its node reports it."""
+        if self._draining:
+            return "draining"
+        if self._paused:
+            return "paused"
+        return "busy" if self._current is not None else "idle"
+
+    def status(self, pid: int, core: int | None) -> WorkerStatus:
+        """A status frame for the supervisor."""
+        current = self._current
+        return WorkerStatus(
+            index=self.index,
+            pid=pid,
+            state=self.state,
+            core=core,
+            task=current.label if current else None,
+            progress=current.progress if current else None,
+            done=self.done,
+            failed=self.failed,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            receipts=self.leases.receipts(),
+        )
+
+    # -- threads --------------------------------------------------------------------------------
+
+    def _intake_loop(self) -> None:
+        pause_s = INTAKE_RETRY_S[0]
+        while True:
+            with self._cond:
+                wanted = 0
+                while not self._closing.is_set():
+                    wanted = self.policy.to_receive(len(self._waiting), self._running_for())
+                    if self._accepting and wanted > 0:
+                        break
+                    # Woken by every change; the timeout re-checks a long task's progress.
+                    self._cond.wait(timeout=0.5)
+                if self._closing.is_set():
+                    return
+                self._intake_busy = True
+            try:
+                messages = self._poll_queue.receive(
+                    wanted,
+                    wait_s=self.settings.queue.wait,
+                    visibility_s=self.settings.queue.visibility_timeout,
+                )
+                pause_s = INTAKE_RETRY_S[0]
+            except QueueError as error:
+                if self._closing.is_set():
+                    return  # the queue was closed under the poll
+                log.warning("worker %d cannot receive: %s", self.index, error)
+                messages = []
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, INTAKE_RETRY_S[1])
+            try:
+                for message in messages:
+                    self._take(steps.receive(message, self.leases.hold(message.receipt, "")))
+            finally:
+                with self._cond:
+                    self._intake_busy = False
+                self._check_drained()
+
+    def _is_accepting(self) -> bool:
+        # A method, so type checkers do not assume the flag cannot change between reads.
+        return self._accepting
+
+    def _running_for(self) -> float | None:
+        current = self._current
+        if current is None:
+            return None
+        return 0.0 if current.run_started is None else time.monotonic() - current.run_started
+
+    def _take(self, assignment: Assignment) -> None:
+        assignment.lease.label = assignment.label
+        self._held[assignment.message.receipt] = assignment
+        if not self._is_accepting():
+            self._give_back([assignment], 0.0)
+            return
+        if assignment.task is None:
+            self._outbox.put(assignment)  # a bad body: the output thread dead-letters it
+            return
+        steps.fetch(assignment, self._blobs, self.scratch_root)
+        self.bytes_in += assignment.bytes_in
+        with self._cond:
+            if self._is_accepting():
+                self._waiting.append(assignment)
+                self._cond.notify_all()
+                return
+        self._give_back([assignment], 0.0)
+
+    def _executor_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing.is_set() and (self._paused or not self._waiting):
+                    self._cond.wait()
+                if self._closing.is_set():
+                    return
+                assignment = self._waiting.popleft()
+                self._current = assignment
+                self._cond.notify_all()  # room for the intake to fetch the next one
+            self._on_change()
+            if assignment.failure is None:
+                run_handler(assignment, self.settings.media, self.threads)
+            if not isinstance(assignment.failure, TaskCancelled):  # a stopped run says little
+                self.policy.record(assignment.timings.get("compute_s", 0.0))
+            with self._cond:
+                if self._current is assignment:
+                    self._current = None
+                self._cond.notify_all()
+            self._outbox.put(assignment)
+
+    def _output_loop(self) -> None:
+        while True:
+            assignment = self._outbox.get()
+            if assignment is None:
+                return
+            try:
+                self._finish(assignment)
+            except Exception:  # one task's bad luck must not stop the worker's output
+                log.exception("worker %d could not finish %s", self.index, assignment.label)
+            self._on_change()
+            self._check_drained()
+
+    # -- finishing a task ------------------------------------------------------------------------
+
+    def _finish(self, assignment: Assignment) -> None:
+        receipt = assignment.message.receipt
+        outcome = None
+        try:
+            if assignment.task is None:
+                self._dead_letter_bad_body(assignment)
+            elif assignment.lease.lost or assignment.cancel_reason == "lease_lost":
+                log.warning("worker %d dropped %s: lease lost", self.index, assignment.label)
+            elif assignment.cancel_reason in ("paused", "drain") and isinstance(
+                assignment.failure, TaskCancelled
+            ):
+                self._give_back([assignment], 0.0)  # stopped, not failed: another run will do
+            else:
+                outcome = self._commit(assignment)
+        finally:
+            self._held.pop(receipt, None)
+            self.leases.release(receipt)
+            assignment.cleanup()
+        # Counted once everything about the task is settled, its scratch files included.
+        if outcome == "done":
+            self.done += 1
+        elif outcome == "failed":
+            self.failed += 1
+
+    def _commit(self, assignment: Assignment) -> str | None:
+        """Store, report and settle a finished run; return "done", "failed" or None."""
+        task = assignment.task
+        assert task is not None
+        if assignment.failure is None:
+            try:
+                steps.store_outputs(assignment, self._blobs)
+                self.bytes_out += assignment.bytes_out
+            except BatchfarmError as error:
+                assignment.failure = TaskError(f"cannot store outputs: {error}")
+        failure = assignment.failure
+        limit = min(task.max_attempts, self._queue.max_receives or task.max_attempts)
+        final = failure is not None and (failure.permanent or assignment.attempt >= limit)
+        if assignment.lease.lost:
+            return None  # another worker has the task now; what it reports counts
+        event = steps.completion(assignment, self.node, self.index, final=final)
+        self._completions.send(encode_body(event))
+        if failure is None:
+            self._queue.delete(assignment.message.receipt)
+            return "done"
+        log.info("worker %d: %s failed (%s): %s", self.index, task.task_id, final, failure)
+        if final:
+            self._queue.dead_letters().send(assignment.message.body)
+            self._queue.delete(assignment.message.receipt)
+        else:
+            tasks = self.settings.tasks
+            delay = retry_delay(assignment.attempt, tasks.retry_backoff, tasks.retry_backoff_max)
+            hand_back(self._queue, [assignment.message.receipt], delay)
+        return "failed"
+
+    def _dead_letter_bad_body(self, assignment: Assignment) -> None:
+        # No task to report on: keep the body where an operator can read it, and count it.
+        self.rejected += 1
+        log.warning(
+            "worker %d: message %s is not a task (%s); moved to %s",
+            self.index,
+            assignment.message.message_id,
+            assignment.bad_body,
+            self._queue.dead_letters().name,
+        )
+        self._queue.dead_letters().send(assignment.message.body)
+        self._queue.delete(assignment.message.receipt)
+
+    # -- handing back ---------------------------------------------------------------------------
+
+    def _take_waiting(self) -> list[Assignment]:
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        return waiting
+
+    def _give_back(self, assignments: list[Assignment], delay_s: float) -> None:
+        if not assignments:
+            return
+        receipts = [a.message.receipt for a in assignments]
+        try:
+            hand_back(self._queue, receipts, delay_s)
+        except QueueError as error:
+            # They reappear when their visibility runs out instead: nothing is lost.
+            log.warning(
+                "worker %d could not hand back %d tasks: %s", self.index, len(receipts), error
+            )
+        for assignment in assignments:
+            self._held.pop(assignment.message.receipt, None)
+            self.leases.release(assignment.message.receipt)
+            assignment.cleanup()
+
+    def _release_all(self) -> None:
+        with self._cond:
+            rest = [a for a in self._held.values() if a is not self._current]
+            self._waiting.clear()
+        self._give_back(rest, 0.0)
+
+    def _check_drained(self) -> None:
+        with self._cond:
+            idle = (
+                self._draining
+                and not self._drained_sent
+                and self._current is None
+                and not self._waiting
+                and not self._intake_busy
+                and self._outbox.empty()
+                and not self._held
+            )
+            if idle:
+                self._drained_sent = True
+        if idle:
+            self._on_drained()
