@@ -154,6 +154,12 @@ class TasksSettings:
     time_limit: float = setting(
         0.0, "Seconds a task may run before it is stopped; 0 for no limit.", min=0, max=43_200
     )
+    cancel_grace: float = setting(
+        10.0,
+        "Seconds a stopped task's handler gets to return before its worker is restarted.",
+        min=0.1,
+        max=600,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,302 @@
+"""``batchfarm node``: the supervisor of one worker machine.
+
+It runs as an actor in the main process (signals: SIGTERM and SIGINT drain, a second one
+stops at once; SIGHUP reloads the config) and owns three parts (after circus):
+
+- the :class:`~batchfarm.supervisor.watcher.Watcher` spawns, reaps and restarts the worker
+  actors, one per core, each pinned to its core (:mod:`batchfarm.supervisor.cpus`);
+- commands (``drain``, ``pause``, ``resume``, ``reload``, ``resize``) arrive from the manager
+  through :class:`~batchfarm.supervisor.telemetry.Telemetry` or as signals, and are passed
+  to the workers' mailboxes;
+- heartbeats and metrics go to the manager through the same telemetry link; when the
+  manager is away the node works on, and nothing on the data plane waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from batchfarm.actors.backends import TASKS, open_queue
+from batchfarm.actors.backends.queue import TaskQueue
+from batchfarm.actors.errors import BatchfarmError, QueueError
+from batchfarm.actors.messages import Command, NodeState, Record, WorkerStatus
+from batchfarm.actors.runtime import Actor, ExitCode
+from batchfarm.actors.runtime.process import ActorProcess, mailbox_address, spawn
+from batchfarm.actors.settings import Settings
+from batchfarm.actors.worker.actor import WorkerActor, WorkerSpec
+from batchfarm.actors.worker.leases import hand_back
+from batchfarm.supervisor import cpus
+from batchfarm.supervisor.report import heartbeat, metrics
+from batchfarm.supervisor.telemetry import Telemetry
+from batchfarm.supervisor.watcher import RestartPolicy, Watcher, WatcherEvent
+
+log = logging.getLogger(__name__)
+
+#: How often the node reaps workers and reads the manager's commands.
+TICK_S = 0.1
+#: Seconds a worker told to stop at once gets before it is killed.
+STOP_TIMEOUT_S = 5.0
+#: Consecutive empty checks, a second apart, before ``--until-empty`` drains the node.
+EMPTY_CHECKS = 3
+
+
+class Node(Actor):
+    """One machine's supervisor: its workers, their pinning, drain, reload and telemetry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        run_dir: Path,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        until_empty: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.run_dir = run_dir
+        self._reload = reload
+        self.until_empty = until_empty
+        self.state: NodeState = "up"
+        self.statuses: dict[int, WorkerStatus] = {}
+        self.events: list[WatcherEvent] = []
+        self._terms = 0
+        self._processes: dict[int, ActorProcess] = {}  # the watcher sees only ProcessHandles
+        self._empty_checks = 0
+        self.scratch = Path(settings.grid.state_dir) / "scratch" / f"{_safe(name)}-{os.getpid()}"
+
+    # -- life -------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Plan the cores, start the workers, connect to the manager, start the timers."""
+        self.cpus = cpus.available_cpus()
+        count = cpus.worker_count(self.settings.node.workers, self.cpus)
+        self.sampler = cpus.StatsSampler()
+        self.queue: TaskQueue = open_queue(self.settings.queue, TASKS)
+        self.telemetry = Telemetry(
+            self.context, self.settings.node.manager, self.name, self.settings.node.telemetry_buffer
+        )
+        self.watcher = Watcher(
+            self._spawn, RestartPolicy.from_settings(self.settings.node), on_event=self._on_event
+        )
+        log.info("node %s: %d workers on cores %s", self.name, count, self.cpus)
+        self.watcher.start(count)
+        self.every(TICK_S, self._tick)
+        self.every(self.settings.node.heartbeat_interval, self._heartbeat)
+        if self.until_empty:
+            self.every(1.0, self._check_empty)
+
+    def on_stop(self) -> None:
+        """Kill what still runs, hand back its messages, send a last heartbeat."""
+        for slot in self.watcher.alive():
+            self.watcher.kill(slot.index)
+            if slot.process is not None:
+                slot.process.join(1.0)  # reaped below, so its handles are closed
+        self.watcher.poll()
+        self._heartbeat()
+        self.telemetry.close()
+        self.queue.close()
+
+    def on_signal(self, signum: int) -> None:
+        """SIGTERM/SIGINT: drain (twice: stop at once); SIGHUP: reload the config."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._terms += 1
+            if self._terms == 1:
+                self.drain()
+            else:
+                self.stop_workers()
+        elif signum == signal.SIGHUP:
+            self.reload()
+
+    def receive(self, message: Record) -> None:
+        """Worker status frames from the workers' ``send`` (and commands, for local tools)."""
+        if isinstance(message, WorkerStatus):
+            self.statuses[message.index] = message
+        elif isinstance(message, Command):
+            self.command(message)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def command(self, command: Command) -> None:
+        """Carry out a command from the manager."""
+        log.info("node %s: command %s %s", self.name, command.name, command.args)
+        if command.name == "drain":
+            self.drain()
+        elif command.name == "stop":
+            self.stop_workers()
+        elif command.name == "pause":
+            self.pause(force=bool(command.args.get("force", False)))
+        elif command.name == "resume":
+            self.resume()
+        elif command.name == "reload":
+            self.reload()
+        elif command.name == "resize":
+            workers = command.args.get("workers")
+            if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0:
+                self.resize(workers)
+            else:
+                log.warning("node %s: resize needs workers >= 0, got %r", self.name, workers)
+        else:
+            log.warning("node %s: ignored the command %r", self.name, command.name)
+
+    def drain(self) -> None:
+        """Stop pulling tasks; running ones get ``drain_grace`` seconds, then are stopped."""
+        if self.state in ("draining", "stopping"):
+            return
+        self.state = "draining"
+        log.info("node %s: draining (grace %g s)", self.name, self.settings.node.drain_grace)
+        for slot in self.watcher.alive():
+            self._tell(slot.index, Command("drain"))
+            self.watcher.stop(slot.index)
+        for slot in self.watcher.slots():
+            if slot.state in ("backoff", "failed"):
+                self.watcher.stop(slot.index)
+        self.after(self.settings.node.drain_grace, self.stop_workers)
+
+    def stop_workers(self) -> None:
+        """Stop every task at once and hand its message back; kill workers that linger."""
+        self.state = "stopping"
+        for slot in self.watcher.alive():
+            self._tell(slot.index, Command("stop"))
+            self.watcher.stop(slot.index)
+        self.after(STOP_TIMEOUT_S, self._kill_all)
+
+    def pause(self, force: bool = False) -> None:
+        """Take no new tasks; with ``force``, stop running ones and hand them back."""
+        if self.state == "up":
+            self.state = "paused"
+        for slot in self.watcher.alive():
+            self._tell(slot.index, Command("pause", args={"force": force}))
+
+    def resume(self) -> None:
+        """Take tasks again after a pause."""
+        if self.state == "paused":
+            self.state = "up"
+        for slot in self.watcher.alive():
+            self._tell(slot.index, Command("resume"))
+
+    def reload(self) -> None:
+        """Read the config again and grow or shrink the workers to its count."""
+        if self._reload is None or self.state != "up":
+            return
+        try:
+            settings = self._reload()
+        except BatchfarmError as error:
+            log.error("node %s: reload refused, keeping the running config: %s", self.name, error)
+            return
+        self.settings = replace(settings, grid=self.settings.grid)
+        self.resize(cpus.worker_count(settings.node.workers, self.cpus))
+
+    def resize(self, count: int) -> None:
+        """Run ``count`` workers; those beyond it drain (their running tasks finish)."""
+        for index in self.watcher.resize(count):
+            self._tell(index, Command("drain"))
+        log.info("node %s: now %d workers", self.name, count)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self.watcher.poll()
+        for command in self.telemetry.commands():
+            self.command(command)
+        self.telemetry.flush()
+        if self.state in ("draining", "stopping") and self.watcher.all_stopped():
+            log.info("node %s: drained", self.name)
+            self.stop(ExitCode.OK)
+        elif self.watcher.slots() and all(s.state == "failed" for s in self.watcher.slots()):
+            log.error("node %s: every worker was given up on; stopping", self.name)
+            self.stop(ExitCode.FAILED)
+
+    def _heartbeat(self) -> None:
+        workers = [s for s in self.watcher.slots() if s.process is not None]
+        stats = {s.index: self.sampler.sample(s.process.pid) for s in workers if s.process}
+        frame = heartbeat(self, stats, self.telemetry.dropped, socket.gethostname())
+        self.telemetry.publish(frame)
+        self.telemetry.publish(metrics(self.name, frame))
+
+    def _check_empty(self) -> None:
+        if self.state != "up":
+            return
+        try:
+            backlog = self.queue.depth().backlog
+        except QueueError as error:
+            log.warning("node %s: cannot read the queue depth: %s", self.name, error)
+            return
+        busy = any(s.state == "busy" for s in self.statuses.values())
+        self._empty_checks = self._empty_checks + 1 if backlog == 0 and not busy else 0
+        if self._empty_checks >= EMPTY_CHECKS:
+            log.info("node %s: the queue stayed empty; draining", self.name)
+            self.drain()
+
+    def _kill_all(self) -> None:
+        for slot in self.watcher.alive():
+            log.warning("node %s: killing worker %d", self.name, slot.index)
+            self.watcher.kill(slot.index)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> ActorProcess:
+        plan = cpus.pin_plan(max(index + 1, len(self.cpus)), self.cpus)
+        pinned = self.settings.node.pin
+        threads = self._threads(pinned)
+        core = plan[index][0] if pinned and len(plan[index]) == 1 else None
+        spec = WorkerSpec(
+            index=index,
+            node=self.name,
+            supervisor=self.address,
+            scratch=str(self.scratch / f"worker-{index}"),
+            threads=threads,
+            core=core,
+        )
+        process = spawn(
+            WorkerActor,
+            self.settings,
+            spec,
+            address=mailbox_address(self.run_dir, f"worker-{index}"),
+            name=f"batchfarm-worker-{index}",
+            # The child pins itself before it starts a thread, so all of them inherit it.
+            cpus=plan[index] if pinned else None,
+        )
+        self._processes[index] = process
+        return process
+
+    def _threads(self, pinned: bool) -> int:
+        setting = self.settings.media.threads
+        if setting != "auto":
+            return setting
+        count = max(1, len(self.watcher.slots()) if hasattr(self, "watcher") else 1)
+        return 1 if pinned else max(1, len(self.cpus) // count)
+
+    def _tell(self, index: int, command: Command) -> None:
+        process = self._processes.get(index)
+        current = process is not None and process is self.watcher.slots()[index].process
+        if current and process is not None and process.is_alive():
+            process.send(command)
+
+    def _on_event(self, event: WatcherEvent) -> None:
+        self.events.append(event)
+        log.info("node %s: worker %d %s %s", self.name, event.index, event.kind, event.detail)
+        if event.kind in ("crashed", "gave_up", "exited", "stopped"):
+            self._release(event.index)
+
+    def _release(self, index: int) -> None:
+        """Hand back at once the messages a dead worker held (else they wait out their lease)."""
+        status = self.statuses.pop(index, None)
+        if status is None or not status.receipts:
+            return
+        try:
+            hand_back(self.queue, status.receipts, 0.0)
+        except QueueError as error:
+            log.warning(
+                "node %s: could not hand back worker %d's tasks: %s", self.name, index, error
+            )
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "node"

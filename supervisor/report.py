@@ -1,0 +1,83 @@
+"""What a node tells the manager: heartbeats (node and workers) and metric samples."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from batchfarm.actors.messages import Heartbeat, Metrics, Sample, WorkerState, WorkerStatus
+from batchfarm.supervisor import cpus
+from batchfarm.supervisor.cpus import ProcessStats
+
+if TYPE_CHECKING:
+    from batchfarm.supervisor.node import Node
+
+
+def heartbeat(
+    node: Node, stats: dict[int, ProcessStats | None], dropped: int, host: str
+) -> Heartbeat:
+    """The node's heartbeat: its state and each worker's, with CPU and memory from psutil."""
+    workers: list[WorkerStatus] = []
+    for slot in node.watcher.slots():
+        status = node.statuses.get(slot.index)
+        sample = stats.get(slot.index)
+        pid = slot.process.pid if slot.process is not None else 0
+        if status is None or status.pid != pid:
+            state: WorkerState = "failed" if slot.state == "failed" else "starting"
+            status = WorkerStatus(index=slot.index, pid=pid, state=state)
+        if slot.state == "failed":
+            status = WorkerStatus(index=slot.index, pid=pid, state="failed")
+        if sample is not None:
+            cpu, rss = sample.cpu_percent, sample.rss_bytes
+            status = _with_stats(status, cpu, rss)
+        # Receipts stay on the node: the manager has no use for them.
+        workers.append(_without_receipts(status))
+    own = node.sampler.sample(os.getpid())
+    return Heartbeat(
+        node=node.name,
+        sent_at=time.time(),
+        state=node.state,
+        host=host,
+        cpu_percent=cpus.machine_cpu_percent(),
+        rss_bytes=own.rss_bytes if own is not None else 0,
+        workers=workers,
+        dropped=dropped,
+    )
+
+
+def metrics(name: str, beat: Heartbeat) -> Metrics:
+    """Metric samples summed over the node's workers (per-node series, small label sets)."""
+    states: dict[str, int] = {}
+    for worker in beat.workers:
+        states[worker.state] = states.get(worker.state, 0) + 1
+    samples = [
+        Sample("batchfarm_node_tasks_done_total", float(sum(w.done for w in beat.workers))),
+        Sample("batchfarm_node_tasks_failed_total", float(sum(w.failed for w in beat.workers))),
+        Sample(
+            "batchfarm_node_bytes_total",
+            float(sum(w.bytes_in for w in beat.workers)),
+            {"direction": "in"},
+        ),
+        Sample(
+            "batchfarm_node_bytes_total",
+            float(sum(w.bytes_out for w in beat.workers)),
+            {"direction": "out"},
+        ),
+        Sample("batchfarm_node_cpu_ratio", beat.cpu_percent / 100.0),
+        Sample("batchfarm_node_telemetry_dropped_total", float(beat.dropped)),
+    ]
+    samples += [
+        Sample("batchfarm_node_workers", float(count), {"state": state})
+        for state, count in sorted(states.items())
+    ]
+    return Metrics(node=name, sent_at=beat.sent_at, samples=samples)
+
+
+def _with_stats(status: WorkerStatus, cpu: float, rss: int) -> WorkerStatus:
+    return replace(status, cpu_percent=cpu, rss_bytes=rss)
+
+
+def _without_receipts(status: WorkerStatus) -> WorkerStatus:
+    return replace(status, receipts=[])
