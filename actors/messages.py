@@ -73,8 +73,10 @@ class TaskBody(Record):
     params_ref: str | None = None
     #: Attempts before the failure is final (transient errors only).
     max_attempts: int = 3
-    #: Seconds the handler may run before it is stopped; None for no limit.
+    #: Seconds the handler may run before it is stopped; None for the config's default.
     time_limit_s: float | None = None
+    #: Seconds before a failed run is retried, doubling per attempt; None for the config's.
+    retry_backoff_s: float | None = None
     #: When the manager enqueued the task, in seconds since the epoch.
     enqueued_at: float = 0.0
 
@@ -92,6 +94,8 @@ class TaskBody(Record):
             return f"max_attempts is {self.max_attempts}, expected at least 1"
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             return f"time_limit_s is {self.time_limit_s}, expected a positive number"
+        if self.retry_backoff_s is not None and not 0 <= self.retry_backoff_s <= 43_200:
+            return f"retry_backoff_s is {self.retry_backoff_s}, expected 0 to 43200"
         return None
 
     @property

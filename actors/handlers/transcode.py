@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batchfarm.actors.errors import TaskError
@@ -42,7 +44,7 @@ def transcode(ctx: TaskContext) -> dict[str, Any]:
     in .mp4, default "out.mp4"). Returns ``{"height", "width", "duration_s", "bytes"}`` of the
     output. A bad parameter or an unreadable input fails the task permanently.
     """
-    height, argv_tail, name = _options(ctx)
+    options, name = _options(ctx)
     if len(ctx.inputs) != 1:
         raise TaskError(
             f"transcode: the task has {len(ctx.inputs)} inputs, expected exactly 1",
@@ -56,38 +58,7 @@ def transcode(ctx: TaskContext) -> dict[str, Any]:
         raise TaskError(f"transcode: input {what} has no video stream", permanent=True)
 
     work = ctx.scratch / name
-    threads = str(ctx.threads)
-    argv = [
-        ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-y",
-        "-threads",
-        threads,
-        "-filter_threads",
-        threads,
-        *SAFE_INPUT,
-        "-i",
-        str(ctx.inputs[0]),
-        "-map",
-        "0:v:0",
-        "-map",
-        "0:a:0?",
-        "-vf",
-        f"scale=-2:{height}",
-        *argv_tail,
-        # As an output option it limits the encoder (x264 then also runs one lookahead thread).
-        "-threads",
-        threads,
-        "-movflags",
-        "+faststart",
-        "-progress",
-        "pipe:1",
-        "-nostats",
-        "-f",
-        "mp4",
-        str(work),
-    ]
+    argv = transcode_argv(ffmpeg, ctx.inputs[0], work, options, ctx.threads)
     ctx.run_tool(
         argv, on_stdout_line=_progress_reader(ctx, source.duration_s), permanent_if=is_permanent
     )
@@ -97,15 +68,77 @@ def transcode(ctx: TaskContext) -> dict[str, Any]:
     target = ctx.output_dir / name
     shutil.move(work, target)
     return {
-        "height": out.height if out.height is not None else height,
+        "height": out.height if out.height is not None else options.height,
         "width": out.width,
         "duration_s": out.duration_s,
         "bytes": target.stat().st_size,
     }
 
 
-def _options(ctx: TaskContext) -> tuple[int, list[str], str]:
-    """Check every parameter; return the height, the encoder options and the output name."""
+@dataclass(frozen=True)
+class TranscodeOptions:
+    """The output a transcode makes: its height and its encoders' settings.
+
+    The handler builds one from checked task parameters; the fields are not checked again.
+    """
+
+    height: int = 720
+    crf: int = 23
+    preset: str = "veryfast"
+    audio_bitrate: str = "128k"
+
+    def encoder_args(self) -> list[str]:
+        """The output options that select and tune the video and audio encoders."""
+        return [
+            *("-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf)),
+            *("-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", self.audio_bitrate),
+        ]
+
+
+def transcode_argv(
+    ffmpeg: str, source: Path, output: Path, options: TranscodeOptions, threads: int
+) -> list[str]:
+    """The ffmpeg command the ``transcode`` handler runs: ``source`` to the MP4 ``output``.
+
+    ``threads`` limits decoding, filtering and encoding. Progress goes to stdout as
+    ``-progress`` key=value lines. Benchmarks run this same command outside the grid.
+    """
+    count = str(threads)
+    return [
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-y",
+        "-threads",
+        count,
+        "-filter_threads",
+        count,
+        *SAFE_INPUT,
+        "-i",
+        str(source),
+        "-map",
+        "0:v:0",
+        "-map",
+        "0:a:0?",
+        "-vf",
+        f"scale=-2:{options.height}",
+        *options.encoder_args(),
+        # As an output option it limits the encoder (x264 then also runs one lookahead thread).
+        "-threads",
+        count,
+        "-movflags",
+        "+faststart",
+        "-progress",
+        "pipe:1",
+        "-nostats",
+        "-f",
+        "mp4",
+        str(output),
+    ]
+
+
+def _options(ctx: TaskContext) -> tuple[TranscodeOptions, str]:
+    """Check every parameter; return the output's options and its file name."""
     params = Params("transcode", ctx.params, PARAMS)
     height = params.integer("height", 720, 16, 4320)
     if height % 2:
@@ -118,9 +151,7 @@ def _options(ctx: TaskContext) -> tuple[int, list[str], str]:
     if not low <= int(bitrate[:-1]) <= high:
         raise params.error("audio_bitrate", bitrate, expected)
     name = params.file_name("name", "out.mp4", suffix=".mp4")
-    encoder = ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
-    encoder += ["-c:a", "aac", "-b:a", bitrate]
-    return height, encoder, name
+    return TranscodeOptions(height=height, crf=crf, preset=preset, audio_bitrate=bitrate), name
 
 
 def _progress_reader(ctx: TaskContext, duration_s: float | None) -> Callable[[str], None]:

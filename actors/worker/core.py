@@ -386,7 +386,8 @@ class WorkerCore:
             self._queue.delete(assignment.message.receipt)
         else:
             tasks = self.settings.tasks
-            delay = retry_delay(assignment.attempt, tasks.retry_backoff, tasks.retry_backoff_max)
+            base = tasks.retry_backoff if task.retry_backoff_s is None else task.retry_backoff_s
+            delay = retry_delay(assignment.attempt, base, tasks.retry_backoff_max)
             hand_back(self._queue, [assignment.message.receipt], delay)
         return "failed"
 

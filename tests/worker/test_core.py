@@ -285,3 +285,12 @@ def test_long_tasks_are_not_hoarded_by_one_worker(tmp_path, start_core):
     # The second worker gets the other task: the first holds only the one it runs.
     wait_for(lambda: second.state == "busy", timeout=5, what="the second worker busy")
     assert len(first.leases) == 1
+
+
+def test_a_task_sets_its_own_retry_backoff(tmp_path, start_core):
+    settings = make_settings(tmp_path / "state", tasks={"retry_backoff": 0.0})
+    submit(settings, task(0, "fail", max_attempts=2, retry_backoff_s=0.6))
+    start_core(settings)
+    wait_for(lambda: backlog(settings).dead == 1, what="the task dead-lettered")
+    first, second = completions(settings)
+    assert second.started_at - first.finished_at >= 0.55
