@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy.engine import make_url
-
 from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.blobs.local import LocalBlobStore
 from batchfarm.actors.backends.queue import TaskQueue
@@ -53,6 +51,8 @@ def open_store(settings: StoreSettings) -> Store:
     """Open the analytics store at ``settings.url``, creating or upgrading its schema."""
     # Imported here: only the manager opens the store; worker nodes never load its models,
     # its ORM or Alembic.
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
     from batchfarm.actors.backends.store import Store  # noqa: PLC0415
 
     if settings.url.startswith("sqlite"):

@@ -5,9 +5,6 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
 # SQS queue names: letters, digits, '-' and '_'; the grid appends suffixes such as -dlq.
 _SQS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # S3 bucket names (general purpose buckets): 3-63 lowercase letters, digits, '.', '-'.
@@ -56,6 +53,11 @@ def check_url(value: str, schemes: tuple[str, ...]) -> str | None:
 
 
 def _check_database_url(value: str) -> str | None:
+    # Imported here: SQLAlchemy takes a quarter of a second to import, and worker processes,
+    # which never open the store, import this module to unpickle their settings.
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError  # noqa: PLC0415
+
     expected = "a SQLAlchemy URL such as sqlite:///path/grid.db or postgresql+psycopg://host/db"
     try:
         url = make_url(value)

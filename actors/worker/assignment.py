@@ -29,6 +29,9 @@ from batchfarm.actors.errors import (
 from batchfarm.actors.messages import Completion, ErrorInfo, OutputRef, TaskBody, Timings
 from batchfarm.actors.worker.leases import Lease
 
+#: The folders of a task's scratch space: inputs, outputs, the handler's temp files.
+SCRATCH_FOLDERS = ("in", "out", "tmp")
+
 
 @dataclass
 class Assignment:
@@ -77,7 +80,15 @@ class Assignment:
 
     def cleanup(self) -> None:
         """Remove the task's scratch folder (inputs, outputs, temp files)."""
-        if self.folder is not None:
+        if self.folder is None:
+            return
+        try:
+            # Most short tasks leave their folders empty: removing three empty folders is
+            # several times cheaper than walking the tree.
+            for sub in SCRATCH_FOLDERS:
+                (self.folder / sub).rmdir()
+            self.folder.rmdir()
+        except OSError:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -101,9 +112,11 @@ def fetch(assignment: Assignment, blobs: BlobStore, scratch_root: Path) -> None:
     assert task is not None
     started = time.monotonic()
     folder = scratch_root / f"{task.job}.{task.stage}.{task.part}.{assignment.attempt}"
-    shutil.rmtree(folder, ignore_errors=True)  # a previous run of this attempt left it
-    for sub in ("in", "out", "tmp"):
-        (folder / sub).mkdir(parents=True)
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)  # a previous run of this attempt left it
+    folder.mkdir(parents=True)
+    for sub in SCRATCH_FOLDERS:
+        (folder / sub).mkdir()
     assignment.folder = folder
     try:
         params = dict(task.params)
