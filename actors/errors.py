@@ -6,7 +6,9 @@ part, so callers can catch a part's failures without catching programming errors
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Iterable
 
 
 class BatchfarmError(Exception):
@@ -124,3 +126,26 @@ class UnknownHandlerError(TaskError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, permanent=True)
+
+
+class SpecError(BatchfarmError):
+    """A job spec (a file, a stored spec or command-line flags) is not what was expected.
+
+    One line, like :class:`ConfigError`: where the spec came from, the field's path
+    (``stages[1].params.height``), its value and what was expected. A job whose spec fails
+    is refused before anything is uploaded or queued.
+    """
+
+    def __init__(self, source: str, field: str, value: object, expected: str) -> None:
+        self.source = source
+        self.field = field
+        self.value = value
+        self.expected = expected
+        shown = "" if value is NO_VALUE else f" = {_show(value)}"
+        super().__init__(f"{source}: {field}{shown}: {expected}")
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the option closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

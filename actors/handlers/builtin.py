@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from batchfarm.actors.errors import TaskError
@@ -24,7 +25,7 @@ def noop(ctx: TaskContext) -> dict[str, Any]:
     Param ``sleep_s`` (a number >= 0, default 0) makes it sleep that long first, in steps of
     50 ms that report progress and honour cancellation: a stand-in for long tasks.
     """
-    sleep_s = Params("noop", ctx.params, {"sleep_s"}).number("sleep_s", 0.0, 0.0, MAX_SLEEP_S)
+    sleep_s = noop_params(ctx.params)
     if sleep_s > 0:
         start = time.monotonic()
         while (left := sleep_s - (time.monotonic() - start)) > 0:
@@ -42,8 +43,7 @@ def checksum(ctx: TaskContext) -> dict[str, Any]:
     param ``manifest`` names a file to write in ``sha256sum`` format (``<hex>  <key>``).
     Progress is reported and cancellation honoured between chunks.
     """
-    params = Params("checksum", ctx.params, {"manifest"})
-    manifest = params.file_name("manifest", "") if "manifest" in params else None
+    manifest = checksum_params(ctx.params)
     keys = ctx.task.inputs
     if len(keys) != len(ctx.inputs):
         raise TaskError(
@@ -66,3 +66,14 @@ def checksum(ctx: TaskContext) -> dict[str, Any]:
         lines = "".join(f"{hexdigest}  {key}\n" for key, hexdigest in digests.items())
         (ctx.output_dir / manifest).write_text(lines, encoding="utf-8")
     return {"sha256": digests, "bytes": done}
+
+
+def noop_params(params: Mapping[str, Any]) -> float:
+    """``noop``'s params, checked: the seconds to sleep. Raises the task's permanent TaskError."""
+    return Params("noop", params, {"sleep_s"}).number("sleep_s", 0.0, 0.0, MAX_SLEEP_S)
+
+
+def checksum_params(params: Mapping[str, Any]) -> str | None:
+    """``checksum``'s params, checked: the manifest's file name, or None for no manifest."""
+    checked = Params("checksum", params, {"manifest"})
+    return checked.file_name("manifest", "") if "manifest" in checked else None

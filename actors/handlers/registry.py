@@ -16,14 +16,22 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from batchfarm.actors.errors import UnknownHandlerError
-from batchfarm.actors.handlers.builtin import checksum, noop
+from batchfarm.actors.handlers.builtin import checksum, checksum_params, noop, noop_params
 from batchfarm.actors.handlers.context import TaskContext
+from batchfarm.actors.handlers.transcode import check_params as check_transcode_params
 from batchfarm.actors.handlers.transcode import transcode
 
 #: What a task does: given its context, do the work and return JSON-able metadata (or None).
 Handler = Callable[[TaskContext], Mapping[str, Any] | None]
 
 BUILTINS: dict[str, Handler] = {"noop": noop, "checksum": checksum, "transcode": transcode}
+
+#: Submit-time checks of the built-ins' params, each raising the TaskError its task would.
+PARAM_CHECKS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "noop": noop_params,
+    "checksum": checksum_params,
+    "transcode": check_transcode_params,
+}
 
 #: Distributions register handlers under this entry point group:
 #: ``[options.entry_points] batchfarm.handlers = resize = mypkg.handlers:resize``.
@@ -71,6 +79,18 @@ def check_handler_name(name: str) -> None:
         _parse_ref(name)
         return
     raise _unknown(name)
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Check a handler's params at submit time, without running it.
+
+    A built-in's params are checked as its task would check them, raising the same permanent
+    :class:`~batchfarm.actors.errors.TaskError`. Other handlers check their own params when
+    they run: checking them here would mean importing user code in the manager.
+    """
+    check = PARAM_CHECKS.get(name)
+    if check is not None:
+        check(params)
 
 
 def known_names() -> list[str]:

@@ -165,3 +165,19 @@ def _progress_reader(ctx: TaskContext, duration_s: float | None) -> Callable[[st
             ctx.progress(1.0)
 
     return on_line
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """All that ``_options`` reads of a context: a task's params, before there is a task."""
+
+    params: dict[str, Any]
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Check ``transcode`` params as a job is submitted, without a task or ffmpeg.
+
+    Raises the permanent :class:`TaskError` the task itself would raise.
+    """
+    submitted: Any = _Submitted(params)  # duck-typed: _options reads only ``.params``
+    _options(submitted)

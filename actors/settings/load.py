@@ -8,7 +8,6 @@ one-line message names the file (or variable), the key, the value and what was e
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import tomllib
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from batchfarm.actors.errors import NO_VALUE, ConfigError
+from batchfarm.actors.errors import NO_VALUE, ConfigError, did_you_mean
 from batchfarm.actors.settings.model import STATE_DIR, Settings
 from batchfarm.actors.settings.urls import check_url
 
@@ -90,14 +89,14 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]]:
     sections = _sections()
     for name, table in data.items():
         if name not in sections:
-            hint = _did_you_mean(name, sections)
+            hint = did_you_mean(name, sections)
             raise ConfigError(str(path), f"[{name}]", NO_VALUE, f"unknown section{hint}")
         if not isinstance(table, dict):
             raise ConfigError(str(path), name, table, "expected a [section] table")
         known = {f.name for f in dataclasses.fields(sections[name])}
         for key, value in table.items():
             if key not in known:
-                hint = _did_you_mean(key, known)
+                hint = did_you_mean(key, known)
                 raise ConfigError(str(path), f"[{name}] {key}", value, f"unknown key{hint}")
     return data
 
@@ -115,13 +114,8 @@ def _check_env_names(env: Mapping[str, str]) -> None:
         known = {f.name for f in dataclasses.fields(sections[section])}
         if key not in known:
             options = {f"{ENV_PREFIX}{section.upper()}_{k.upper()}" for k in known}
-            hint = _did_you_mean(name, options)
+            hint = did_you_mean(name, options)
             raise ConfigError("environment", name, env[name], f"unknown setting{hint}")
-
-
-def _did_you_mean(name: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _parse_env(name: str, raw: str, cls: type, fld: dataclasses.Field[Any]) -> Any:

@@ -1,0 +1,1 @@
+"""The manager's actors: job manager, results, telemetry, ..."""

@@ -1,0 +1,387 @@
+"""The results processor: completion events in, tasks and stages moved on in the store.
+
+Workers send one :class:`~batchfarm.actors.messages.Completion` per run to the completion
+queue (the data plane). :class:`ResultsProcessor` takes them a receive batch at a time:
+
+1. decode each body (a bad one is counted, copied to the dead-letter queue and deleted);
+2. record every run with one :meth:`Store.record_runs` call, which counts each task's first
+   success once and recognises a redelivered event;
+3. advance the jobs the runs belong to: chain successes into the next stage, fail stages
+   and jobs on final failures, finish stages and jobs, start fan-in stages;
+4. only then delete the completion messages.
+
+A manager killed at any point between 1 and 4 loses nothing: the messages reappear, the
+store reports their runs as *redelivered*, and step 3 is replayed for them, because every
+write in it is idempotent. A next-stage task is created ``pending``, its body sent, and only
+then marked ``queued``: a replay sends the body of a task still ``pending`` again, so a body
+may reach the queue twice (at least once), which the workers' deterministic output keys and
+the store's duplicate counting make harmless.
+
+Failure policy: a task that fails for good fails its stage and its job at once (the reason
+names the task and its error), but the job's other parts keep running and chaining. Their
+work is independent of the failed part, and ``batchfarm retry JOB`` resubmits only failed
+parts, so letting the good parts finish means a retry redoes the least work. A fan-in stage
+never starts while a part of its previous stage is not succeeded, and a stage only succeeds
+once all its tasks have, so a retried part that then succeeds finishes the stage and the job
+as if it had never failed. A cancelled job's (or stage's) completions are recorded but never
+advance anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from batchfarm.actors.backends.queue import MAX_BATCH, Outgoing, Received, TaskQueue
+from batchfarm.actors.backends.store import (
+    JobState,
+    NewTask,
+    RunsApplied,
+    StageMode,
+    StageState,
+    StageView,
+    Store,
+    TaskRun,
+    TaskState,
+    TaskUpdate,
+    TaskView,
+)
+from batchfarm.actors.codec import decode_body, encode_body
+from batchfarm.actors.errors import MessageError
+from batchfarm.actors.messages import Completion, TaskBody
+from batchfarm.actors.sockets import Rejects
+
+log = logging.getLogger(__name__)
+
+#: Every task state but ``succeeded``: a stage holding a task in one of them is not done.
+UNFINISHED = tuple(str(s) for s in TaskState if s != TaskState.SUCCEEDED)
+#: How long a received completion stays hidden while the processor works on it.
+VISIBILITY_S = 60.0
+
+
+class Planner(Protocol):
+    """Makes the body of a next-stage task (the job manager's planner, adapted)."""
+
+    def next_task(self, stage: StageView, part: int, inputs: Sequence[str]) -> TaskBody:
+        """The task of part ``part`` of ``stage`` (a later stage of its job) over ``inputs``.
+
+        ``stage.mode`` says how it is fed: ``chain`` (one task per part of the previous
+        stage, ``inputs`` that part's outputs) or ``fan_in`` (part 0, ``inputs`` every
+        output of the previous stage in part order).
+        """
+        ...
+
+
+@dataclass
+class ResultsCounters:
+    """What the processor has done since it started (for ``/metrics``)."""
+
+    #: Completion events decoded and handed to the store.
+    runs: int = 0
+    #: Tasks that succeeded for the first time.
+    succeeded: int = 0
+    #: Re-runs of tasks that had already succeeded (``batchfarm_task_duplicate_runs_total``).
+    duplicates: int = 0
+    #: The same run reported again (a redelivered event): nothing changed, advance replayed.
+    redelivered: int = 0
+    #: Failed runs that will be retried.
+    retrying: int = 0
+    #: Tasks that failed for good.
+    failures: int = 0
+    #: Runs of cancelled tasks, stale failures, and runs of tasks the store does not know.
+    ignored: int = 0
+    #: Bodies that were not completion events, by reason (dead-lettered).
+    bad_bodies: Rejects = field(default_factory=Rejects)
+    #: Next-stage task bodies sent (a replay after a crash may send one again).
+    enqueued: int = 0
+    #: Stages and jobs this processor saw through to success.
+    stages_succeeded: int = 0
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+
+
+class ResultsProcessor:
+    """Consumes completion events and moves tasks, stages and jobs on (see the module doc).
+
+    Runtime-independent: the manager's results actor calls :meth:`step` in its loop; tests
+    call it directly.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        tasks_queue: TaskQueue,
+        completions_queue: TaskQueue,
+        planner: Planner,
+        *,
+        visibility_s: float = VISIBILITY_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._tasks = tasks_queue
+        self._completions = completions_queue
+        self._planner = planner
+        self._visibility_s = visibility_s
+        self._clock = clock
+        self.counters = ResultsCounters()
+
+    def step(self, max_messages: int = MAX_BATCH, wait_s: float = 0.0) -> int:
+        """Handle one receive batch of completion events; returns how many messages it took.
+
+        Raises what the store or a queue raises; the batch's messages are then not deleted
+        and come back after the visibility timeout, to be handled again.
+        """
+        received = self._completions.receive(max_messages, wait_s, self._visibility_s)
+        if not received:
+            return 0
+        runs: list[TaskRun] = []
+        bad: list[Received] = []
+        for message in received:
+            try:
+                event = decode_body(message.body, Completion)
+            except MessageError as error:
+                self.counters.bad_bodies.count(error)
+                log.warning("completion %s is not a completion: %s", message.message_id, error)
+                bad.append(message)
+                continue
+            assert isinstance(event, Completion)
+            runs.append(task_run(event))
+        if runs:
+            applied = self._store.record_runs(runs)
+            self._count(len(runs), applied)
+            self._advance(runs, applied)
+        if bad:
+            # Kept where an operator can read them; a crash before the delete copies twice.
+            dead = self._completions.dead_letters()
+            dead.send_batch([Outgoing(m.body) for m in bad])
+        result = self._completions.delete_batch([m.receipt for m in received])
+        for receipt, reason in result.failed.items():
+            # The visibility ran out and the event went to another receive: that one counts.
+            log.warning("completion receipt %s not deleted: %s", receipt, reason)
+        return len(received)
+
+    def _count(self, runs: int, applied: RunsApplied) -> None:
+        c = self.counters
+        c.runs += runs
+        c.succeeded += len(applied.succeeded)
+        c.duplicates += len(applied.duplicates)
+        c.redelivered += len(applied.redelivered)
+        c.retrying += len(applied.retrying)
+        c.failures += len(applied.failed)
+        c.ignored += len(applied.ignored) + len(applied.unknown)
+        if applied.unknown:
+            log.warning("completions of unknown tasks: %s", ", ".join(applied.unknown[:5]))
+
+    # -- advancing ------------------------------------------------------------------------------
+
+    def _advance(self, runs: Sequence[TaskRun], applied: RunsApplied) -> None:
+        """Move on the jobs of ``runs``: every write here may be replayed after a crash."""
+        done = set(applied.succeeded) | set(applied.redelivered)
+        failed = set(applied.failed)
+        by_job: dict[str, _JobWork] = {}
+        for run in runs:
+            work = by_job.setdefault(run.job, _JobWork())
+            if run.ok and run.task_id in done and run.task_id not in work.seen:
+                work.seen.add(run.task_id)
+                work.successes.append(run)
+            elif (
+                not run.ok
+                and run.final
+                and (run.task_id in failed or run.task_id in applied.redelivered)
+            ):
+                work.failures.append(run)
+        for job_id, work in by_job.items():
+            if work.successes or work.failures:
+                self._advance_job(job_id, work)
+
+    def _advance_job(self, job_id: str, work: _JobWork) -> None:
+        job = self._store.job(job_id)
+        if job is None or job.state == JobState.CANCELLED:
+            return
+        job_state = job.state
+        # Positions in this list, not stored indexes, so a gap in the indexes cannot confuse.
+        stages = self._store.stages(job_id)
+        position = {stage.name: at for at, stage in enumerate(stages)}
+        now = self._clock()
+        for run in work.failures:
+            at = position.get(run.stage)
+            if at is None or stages[at].state == StageState.CANCELLED:
+                continue
+            reason = failure_reason(run)
+            if stages[at].state != StageState.FAILED:
+                self._store.set_stage_state(job_id, run.stage, StageState.FAILED, reason)
+                stages[at] = _with_state(stages[at], StageState.FAILED)
+            if job_state != JobState.FAILED:
+                self._store.set_job_state(job_id, JobState.FAILED, reason, finished_at=now)
+                job_state = JobState.FAILED
+                self.counters.jobs_failed += 1
+        chained: dict[int, list[tuple[int, list[str]]]] = {}
+        touched: set[int] = set()
+        for run in work.successes:
+            at = position.get(run.stage)
+            if at is None or stages[at].state == StageState.CANCELLED:
+                continue
+            touched.add(at)
+            following = _next(stages, at)
+            if following is not None and following.mode == StageMode.CHAIN:
+                chained.setdefault(at + 1, []).append((run.part, output_keys(run.outputs)))
+        for index, parts in sorted(chained.items()):
+            self._enqueue(stages, index, parts)
+        finished = self._finish_stages(stages, sorted(touched))
+        if finished and job_state != JobState.SUCCEEDED:
+            self._store.set_job_state(job_id, JobState.SUCCEEDED, None, finished_at=now)
+            self.counters.jobs_succeeded += 1
+
+    def _finish_stages(self, stages: list[StageView], touched: Iterable[int]) -> bool:
+        """Mark done stages succeeded and start fan-in stages; True if the last one is done."""
+        checked: set[int] = set()
+        for start in touched:
+            index = start
+            while index not in checked:
+                checked.add(index)
+                if not self._stage_done(stages, index):
+                    break
+                stage = stages[index]
+                if stage.state != StageState.SUCCEEDED:
+                    self._store.set_stage_state(
+                        stage.job_id,
+                        stage.name,
+                        StageState.SUCCEEDED,
+                        None,
+                        finished_at=self._clock(),
+                    )
+                    stages[index] = _with_state(stage, StageState.SUCCEEDED)
+                    self.counters.stages_succeeded += 1
+                following = _next(stages, index)
+                if following is None:
+                    return True
+                if following.state == StageState.CANCELLED:
+                    break
+                if following.mode == StageMode.FAN_IN:
+                    tasks = self._store.tasks(stage.job_id, stage=stage.name, limit=None)
+                    inputs = [
+                        key
+                        for task in sorted(tasks, key=_part)
+                        for key in output_keys(task.outputs)
+                    ]
+                    self._enqueue(stages, index + 1, [(0, inputs)])
+                index += 1
+        return False
+
+    def _stage_done(self, stages: list[StageView], index: int) -> bool:
+        """True when every task of the stage succeeded (and so did its previous stage)."""
+        stage = stages[index]
+        if stage.state == StageState.SUCCEEDED:
+            return True
+        if stage.state == StageState.CANCELLED:
+            return False
+        if index > 0 and stages[index - 1].state != StageState.SUCCEEDED:
+            return False
+        job, name = stage.job_id, stage.name
+        # Two index lookups (tasks by job, state, stage), never a count of a large stage.
+        if self._store.tasks(job, stage=name, states=UNFINISHED, limit=1):
+            return False
+        return bool(self._store.tasks(job, stage=name, limit=1))
+
+    def _enqueue(
+        self, stages: list[StageView], index: int, parts: Sequence[tuple[int, list[str]]]
+    ) -> None:
+        """Create tasks of stage ``index`` (if new) and send those not yet queued."""
+        stage = stages[index]
+        job = stage.job_id
+        inputs = dict(parts)
+        self._store.add_tasks(job, [NewTask(stage.name, part, keys) for part, keys in parts])
+        # Not only the tasks just created: after a crash, one created but never sent is
+        # still pending, and this is the replay that must send it.
+        pending = self._store.tasks(job, stage=stage.name, states=[TaskState.PENDING], limit=None)
+        due = sorted(task.part for task in pending if task.part in inputs)
+        if not due:
+            return
+        now = self._clock()
+        bodies = [
+            dataclasses.replace(self._planner.next_task(stage, part, inputs[part]), enqueued_at=now)
+            for part in due
+        ]
+        for start in range(0, len(bodies), MAX_BATCH):
+            chunk = bodies[start : start + MAX_BATCH]
+            self._tasks.send_batch([Outgoing(encode_body(body)) for body in chunk])
+        self.counters.enqueued += len(bodies)
+        self._store.update_tasks(
+            TaskUpdate(job, stage.name, part, TaskState.QUEUED, queued_at=now) for part in due
+        )
+        if stage.state == StageState.PENDING:
+            self._store.set_stage_state(job, stage.name, StageState.RUNNING, started_at=now)
+            stages[index] = _with_state(stage, StageState.RUNNING)
+
+
+@dataclass
+class _JobWork:
+    """The runs of one job in a batch that may move it on."""
+
+    successes: list[TaskRun] = field(default_factory=list)
+    failures: list[TaskRun] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+def task_run(event: Completion) -> TaskRun:
+    """The store's record of the run a completion event reports."""
+    error = None
+    if event.error is not None:
+        error = {
+            "type": event.error.type,
+            "message": event.error.message,
+            "stderr_tail": event.error.stderr_tail,
+            "permanent": event.error.permanent,
+        }
+    return TaskRun(
+        job=event.job,
+        stage=event.stage,
+        part=event.part,
+        ok=event.ok,
+        node=event.node,
+        worker=event.worker,
+        attempt=event.attempt,
+        started_at=event.started_at,
+        finished_at=event.finished_at,
+        outputs=[{"key": o.key, "size": o.size, "sha256": o.sha256} for o in event.outputs],
+        error=error,
+        final=event.final,
+        queue_wait_s=event.timings.queue_wait_s,
+        fetch_s=event.timings.fetch_s,
+        compute_s=event.timings.compute_s,
+        upload_s=event.timings.upload_s,
+        cpu_s=event.cpu_s,
+        bytes_in=event.bytes_in,
+        bytes_out=event.bytes_out,
+    )
+
+
+def output_keys(outputs: Any) -> list[str]:
+    """The blob keys in a task's stored outputs (a list of ``{"key": ...}`` objects)."""
+    if not isinstance(outputs, list):
+        return []
+    return [o["key"] for o in outputs if isinstance(o, dict) and isinstance(o.get("key"), str)]
+
+
+def failure_reason(run: TaskRun) -> str:
+    """Why a stage or job failed, naming the task and its error."""
+    error = run.error or {}
+    kind = error.get("type") or "error"
+    message = error.get("message") or "no message"
+    return f"task {run.task_id} failed: {kind}: {message}"
+
+
+def _part(task: TaskView) -> int:
+    return task.part
+
+
+def _next(stages: Sequence[StageView], index: int) -> StageView | None:
+    return stages[index + 1] if index + 1 < len(stages) else None
+
+
+def _with_state(stage: StageView, state: str) -> StageView:
+    return dataclasses.replace(stage, state=str(state))
