@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,29 @@ def test_task_body_example_decodes_and_round_trips(readme):
     documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", section, flags=re.MULTILINE))
     names = {name for pair in documented for name in pair if name}
     assert names == {"kind", "v"} | {f.name for f in dataclasses.fields(TaskBody)}
+
+
+def test_job_spec_example_is_a_valid_spec(readme, tmp_path):
+    from batchfarm.actors.manager.spec import parse_spec
+
+    section = _section(readme, "## Job specs")
+    example = re.search(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    assert example is not None, "no TOML example under 'Job specs'"
+    # The files it names, so that the submit-time checks (inputs exist) pass too.
+    for name in ("clips/a.mov", "clips/b.mov", "raw/intro.mp4", "extras/x.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    data = tomllib.loads(example.group(1))
+    spec = parse_spec(data, source="README.md", base_dir=tmp_path)
+    assert [(s.name, s.handler, s.mode) for s in spec.stages] == [
+        ("transcode", "transcode", "chain"),
+        ("thumbs", "checksum", "fan_in"),
+    ]
+    # Every top-level and stage key in the example is documented in the field table.
+    documented = set(re.findall(r"^\| `([\w.\[\]0-9]+)` \|", section, flags=re.MULTILINE))
+    for key in data:
+        prefixes = (f"{key}.", f"{key}[")
+        assert key in documented or any(d.startswith(prefixes) for d in documented), key
+    for stage in data["stages"]:
+        for key in stage:
+            assert f"stages[].{key}" in documented or f"stages[0].{key}" in documented, key
