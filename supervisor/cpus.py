@@ -9,6 +9,7 @@ affinity are honoured without configuration.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,3 +167,31 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
 def machine_cpu_percent() -> float:
     """The whole machine's CPU use since the last call (0 to 100, all cores together)."""
     return float(psutil.cpu_percent(interval=None))
+
+
+def pin_tree(pid: int, cpus: Sequence[int]) -> int:
+    """Restrict every thread of ``pid`` and of its descendants to ``cpus``; return how many.
+
+    Affinity belongs to threads, and a tool that already runs (ffmpeg) keeps the affinity its
+    threads were started with, so each thread is set. Threads and processes that end on the
+    way are skipped.
+    """
+    wanted = list(cpus)
+    done = 0
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in tree:
+        try:
+            threads = [t.id for t in proc.threads()]
+        except psutil.Error:
+            continue
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, wanted)
+                done += 1
+            except OSError:
+                continue  # the thread ended
+    return done

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1
 #: Seconds a worker told to stop at once gets before it is killed.
 STOP_TIMEOUT_S = 5.0
+#: How often the node checks whether idle cores could help the tasks still running.
+BALANCE_S = 1.0
 #: Consecutive empty checks, a second apart, before ``--until-empty`` drains the node.
 EMPTY_CHECKS = 3
 
@@ -68,6 +70,8 @@ class Node(Actor):
         self.events: list[WatcherEvent] = []
         self._terms = 0
         self._processes: dict[int, ActorProcess] = {}  # the watcher sees only ProcessHandles
+        self._pins: dict[int, list[int]] = {}  # each pinned worker's own cores
+        self._lent: set[int] = set()  # workers whose tools may use every core for now
         self._empty_checks = 0
         self.scratch = Path(settings.grid.state_dir) / "scratch" / f"{_safe(name)}-{os.getpid()}"
 
@@ -91,6 +95,8 @@ class Node(Actor):
         self.every(self.settings.node.heartbeat_interval, self._heartbeat)
         if self.until_empty:
             self.every(1.0, self._check_empty)
+        if self.settings.node.pin:
+            self.every(BALANCE_S, self._balance)
 
     def on_stop(self) -> None:
         """Kill what still runs, hand back its messages, send a last heartbeat."""
@@ -234,6 +240,38 @@ class Node(Actor):
             log.info("node %s: the queue stayed empty; draining", self.name)
             self.drain()
 
+    def _balance(self) -> None:
+        """At the end of a batch, lend idle workers' cores to the tasks still running.
+
+        A pinned worker keeps to its core while there is work for every core. Once the queue
+        holds no visible task and some workers sit idle, the running tasks' tools may use
+        every core (ffmpeg runs threads beyond ``-threads 1``), so the batch's last tasks end
+        sooner; they are pinned again as soon as work comes back.
+        """
+        current = {
+            index: status
+            for index, status in self.statuses.items()
+            if (process := self._processes.get(index)) is not None and process.pid == status.pid
+        }
+        busy = [s for s in current.values() if s.state == "busy"]
+        lend = False
+        if self.state == "up" and busy and any(s.state == "idle" for s in current.values()):
+            try:
+                lend = self.queue.depth().visible == 0
+            except QueueError:
+                lend = False
+        if lend:
+            for status in busy:
+                if status.index not in self._lent:
+                    cpus.pin_tree(status.pid, self.cpus)
+                    self._lent.add(status.index)
+            return
+        for index in sorted(self._lent):
+            status = current.get(index)
+            if status is not None and index in self._pins:
+                cpus.pin_tree(status.pid, self._pins[index])
+        self._lent.clear()
+
     def _kill_all(self) -> None:
         for slot in self.watcher.alive():
             log.warning("node %s: killing worker %d", self.name, slot.index)
@@ -264,6 +302,8 @@ class Node(Actor):
             cpus=plan[index] if pinned else None,
         )
         self._processes[index] = process
+        if pinned:
+            self._pins[index] = plan[index]
         return process
 
     def _threads(self, pinned: bool) -> int:

@@ -271,3 +271,24 @@ def test_workers_that_keep_crashing_are_given_up_and_reported(start_node, settin
     assert "gave_up" in output
     assert "every worker was given up on" in output
     assert psutil.pid_exists(node.pid) is False or node.proc.poll() is not None
+
+
+def test_idle_cores_are_lent_to_the_last_running_task_and_taken_back(start_node, settings):
+    node = start_node(env=env_for(node_workers=len(CORES), node_prefetch=0))
+    workers = node.wait_workers(len(CORES))
+    expected = sorted([c] for c in CORES)
+    wait_for(lambda: sorted(w.cpu_affinity() for w in workers) == expected, what="pinning")
+    submit(settings, task(0, "sleep", params={"seconds": 30}))
+    # One task, the other cores idle, nothing waiting: its worker may use every core.
+    wait_for(
+        lambda: any(w.cpu_affinity() == sorted(CORES) for w in workers),
+        timeout=10,
+        what="the busy worker unpinned",
+    )
+    # Work for every core again: each worker back on its own core.
+    submit(settings, *[task(n, "sleep", params={"seconds": 30}) for n in range(1, len(CORES))])
+    wait_for(
+        lambda: sorted(w.cpu_affinity() for w in workers) == expected,
+        timeout=10,
+        what="every worker pinned again",
+    )
