@@ -267,9 +267,9 @@ class Node(Actor):
                     self._lent.add(status.index)
             return
         for index in sorted(self._lent):
-            status = current.get(index)
-            if status is not None and index in self._pins:
-                cpus.pin_tree(status.pid, self._pins[index])
+            lent = current.get(index)
+            if lent is not None and index in self._pins:
+                cpus.pin_tree(lent.pid, self._pins[index])
         self._lent.clear()
 
     def _kill_all(self) -> None:
