@@ -14,6 +14,7 @@ import click
 
 from batchfarm.actors.cli.config_cmd import config
 from batchfarm.actors.cli.context import CliState
+from batchfarm.actors.cli.manager_cmd import manager
 from batchfarm.actors.cli.node_cmd import node
 from batchfarm.actors.errors import BatchfarmError
 from batchfarm.actors.settings import CONFIG_ENV
@@ -35,6 +36,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 
 
 cli.add_command(config)
+cli.add_command(manager)
 cli.add_command(node)
 
 

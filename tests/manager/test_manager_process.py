@@ -1,0 +1,162 @@
+"""``batchfarm manager`` and ``batchfarm node`` as real processes running a two-stage job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchfarm.actors.backends import TASKS, open_blobs, open_queue, open_store
+from batchfarm.actors.manager.spec import parse_spec
+from batchfarm.actors.manager.submit import submit_job
+from tests.node.nodeproc import BASE_ENV, NodeProcess, env_for
+from tests.node.test_manager_link import free_port
+from tests.worker.grid import make_settings, wait_for
+
+
+class ManagerProcess:
+    """A ``batchfarm manager`` process; killed at the end of the test."""
+
+    def __init__(self, state: Path, env: dict[str, str], log_name: str = "manager") -> None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFARM_")}
+        environ.update(BASE_ENV)
+        environ.update(env)
+        environ["BATCHFARM_GRID_STATE_DIR"] = str(state)
+        self.log = state.parent / f"{log_name}.log"
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batchfarm.actors.cli", "manager"],
+            env=environ,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._out.close()
+
+
+@pytest.fixture
+def grid(tmp_path):
+    port = free_port()
+    env = env_for(node_manager=f"tcp://127.0.0.1:{port}", node_heartbeat_interval=0.3)
+    state = tmp_path / "state"
+    started: list = []
+
+    def manager(log_name="manager"):
+        process = ManagerProcess(state, env, log_name)
+        started.append(process)
+        return process
+
+    def node(**more):
+        process = NodeProcess(state, "node-g", env={**env, **env_for(**more)})
+        started.append(process)
+        return process
+
+    yield manager, node, make_settings(state)
+    for process in started:
+        process.close()
+
+
+def two_stage_job(tmp_path: Path, parts: int, seconds: float):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in range(parts):
+        (folder / f"clip{n}.bin").write_bytes(bytes([n]) * 100)
+    spec = {
+        "name": "demo",
+        "inputs": {"files": ["in/*.bin"]},
+        "stages": [
+            {
+                "name": "work",
+                "handler": "tests.worker.handlers:sleep",
+                "params": {"seconds": seconds},
+            },
+            {
+                "name": "sums",
+                "handler": "checksum",
+                "mode": "fan_in",
+                "params": {"manifest": "sums.txt"},
+            },
+        ],
+    }
+    return parse_spec(spec, source="job.toml", base_dir=tmp_path)
+
+
+def submit(settings, spec) -> str:
+    store = open_store(settings.store)
+    blobs = open_blobs(settings.storage)
+    tasks = open_queue(settings.queue, TASKS)
+    try:
+        return submit_job(spec, store=store, blobs=blobs, tasks=tasks, defaults=settings.tasks)
+    finally:
+        tasks.close()
+        blobs.close()
+        store.close()
+
+
+def job_state(settings, job_id):
+    with open_store(settings.store) as store:
+        job = store.job(job_id)
+        return None if job is None else job.state
+
+
+def test_a_two_stage_job_runs_through_manager_and_node(tmp_path, grid):
+    start_manager, start_node, settings = grid
+    manager = start_manager()
+    node = start_node(node_workers=2)
+    job_id = submit(settings, two_stage_job(tmp_path, parts=4, seconds=0.2))
+    wait_for(lambda: job_state(settings, job_id) == "succeeded", timeout=60, what="job done")
+    with open_store(settings.store) as store:
+        tasks = store.tasks(job_id)
+        assert sorted((t.stage, t.part, t.state) for t in tasks) == [
+            ("sums", 0, "succeeded"),
+            *[("work", n, "succeeded") for n in range(4)],
+        ]
+
+    def node_known() -> bool:
+        with open_store(settings.store) as store:
+            return [(n.id, n.state) for n in store.nodes()] == [("node-g", "up")]
+
+    wait_for(node_known, timeout=20, what="the node's heartbeats in the store")
+    blobs = open_blobs(settings.storage)
+    manifest = blobs.read(f"jobs/{job_id}/sums/0/sums.txt").decode()
+    blobs.close()
+    assert sorted(line.split()[1] for line in manifest.splitlines()) == [
+        f"jobs/{job_id}/work/{n}/slept.txt" for n in range(4)
+    ]
+    manager.proc.send_signal(signal.SIGTERM)
+    assert manager.proc.wait(20) == 0, manager.output()
+    assert node.proc.poll() is None  # the node does not need the manager
+
+
+def test_a_manager_killed_mid_job_is_restarted_and_the_job_counts_each_task_once(tmp_path, grid):
+    start_manager, start_node, settings = grid
+    first = start_manager("manager-1")
+    start_node(node_workers=2)
+    job_id = submit(settings, two_stage_job(tmp_path, parts=12, seconds=0.3))
+
+    def some_done() -> bool:
+        with open_store(settings.store) as store:
+            return any(t.state == "succeeded" for t in store.tasks(job_id))
+
+    wait_for(some_done, timeout=30, what="some tasks done")
+    first.proc.kill()  # kill -9: completions wait in their queue
+    first.proc.wait(10)
+    start_manager("manager-2")
+    wait_for(lambda: job_state(settings, job_id) == "succeeded", timeout=90, what="job done")
+    with open_store(settings.store) as store:
+        tasks = store.tasks(job_id)
+        assert len(tasks) == 13
+        assert all(t.state == "succeeded" for t in tasks)
+        assert [t.attempts for t in tasks] == [1] * 13  # every run recorded once
