@@ -108,9 +108,12 @@ def test_failing_hanging_and_crashing_tasks_are_retried_then_dead_lettered(start
     assert node.proc.poll() is None, "the node stopped"
     events = completions(settings)
     by_part = {part: [e for e in events if e.part == part] for part in range(4)}
-    assert [(e.attempt, e.final) for e in by_part[0]] == [(1, False), (2, True)]
-    # The hung handler's worker was replaced; its task failed on time, twice.
-    assert [e.error.type for e in by_part[1] if e.error] == ["TaskCancelled", "TaskCancelled"]
+    # A run can be lost with no report when the task was waiting in a worker that the crashing
+    # task killed (its receive counts): so "the last run is final", not "two reports".
+    assert [(e.attempt, e.final) for e in by_part[0]][-1] == (2, True)
+    assert not any(e.ok for e in by_part[0])
+    # The hung handler's worker was replaced; its task failed on time, then for good.
+    assert {e.error.type for e in by_part[1] if e.error} == {"TaskCancelled"}
     assert by_part[1][-1].final
     # A task that kills its worker reports nothing; the queue dead-letters it after 2 receives.
     assert by_part[2] == []
