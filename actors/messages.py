@@ -104,6 +104,15 @@ class TaskBody(Record):
         return f"jobs/{self.task_id}/"
 
 
+def cancel_marker(job: str) -> str:
+    """The blob key whose presence says the job is cancelled.
+
+    Cancellation is durable: workers look for this object before and while they run a task,
+    so a node that missed the manager's message still stops the job's tasks.
+    """
+    return f"jobs/{job}/control/cancelled"
+
+
 @dataclass(frozen=True)
 class OutputRef(Record):
     """One object a task wrote."""

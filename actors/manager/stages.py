@@ -22,7 +22,7 @@ from batchfarm.actors.messages import IDENT
 from batchfarm.actors.settings import TasksSettings
 
 #: Stage names that would collide with the job's own keys (``jobs/<job>/input/...``).
-RESERVED_STAGES = ("input", "params")
+RESERVED_STAGES = ("input", "params", "control")
 #: Most tasks a first stage may have (inputs, or ``parts``).
 MAX_PARTS = 100_000
 
@@ -137,7 +137,7 @@ def _name(table: v.Table, handler: str) -> str:
     if not IDENT.fullmatch(name):
         raise table.error("name", name, _NAME_RULE)
     if name in RESERVED_STAGES:
-        expected = f"expected a name other than {' and '.join(RESERVED_STAGES)} (reserved)"
+        expected = f"expected a name other than {', '.join(RESERVED_STAGES)} (reserved)"
         raise table.error("name", name, expected)
     return name
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 1.0
 #: How often time limits are checked.
 LIMITS_INTERVAL_S = 0.25
+#: How often the running task's job is checked for cancellation.
+CANCEL_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class WorkerActor(Actor):
         self.core.start()
         self.every(self.core.leases.interval_s, self.core.renew_leases)
         self.every(LIMITS_INTERVAL_S, self._enforce_limits)
+        self.every(CANCEL_INTERVAL_S, self.core.check_cancelled)
         self.every(STATUS_INTERVAL_S, self._report)
         self._report()
 

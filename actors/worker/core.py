@@ -27,7 +27,7 @@ from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.codec import encode_body
 from batchfarm.actors.errors import BatchfarmError, QueueError, TaskCancelled, TaskError
-from batchfarm.actors.messages import WorkerState, WorkerStatus
+from batchfarm.actors.messages import WorkerState, WorkerStatus, cancel_marker
 from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker import assignment as steps
 from batchfarm.actors.worker.assignment import Assignment
@@ -37,6 +37,8 @@ from batchfarm.actors.worker.leases import Leases, hand_back, retry_delay
 
 log = logging.getLogger(__name__)
 
+#: Seconds a job's cancellation check is trusted before the blob store is asked again.
+CANCEL_CHECK_TTL_S = 2.0
 #: Pause after a queue error in the intake loop, doubling up to the maximum.
 INTAKE_RETRY_S = (0.5, 10.0)
 
@@ -81,6 +83,8 @@ class WorkerCore:
         self.bytes_in = 0
         self.bytes_out = 0
         self.rejected = 0
+        self.cancelled = 0
+        self._cancel_checks: dict[str, tuple[float, bool]] = {}  # job -> (checked at, cancelled)
         self._threads: list[threading.Thread] = []
 
     # -- life --------------------------------------------------------------------------------
@@ -176,6 +180,33 @@ class WorkerCore:
             log.warning("worker %d lost the lease on %s", self.index, lease.label)
             if held is not None:
                 held.stop("lease_lost")
+
+    def job_cancelled(self, job: str, now: float | None = None) -> bool:
+        """Whether ``job`` is cancelled: its marker is in the blob store.
+
+        Checked at most every :data:`CANCEL_CHECK_TTL_S` seconds per job; a store error counts
+        as not cancelled (the next check asks again).
+        """
+        now = time.monotonic() if now is None else now
+        checked = self._cancel_checks.get(job)
+        if checked is not None and now - checked[0] < CANCEL_CHECK_TTL_S:
+            return checked[1]
+        try:
+            cancelled = self._blobs.exists(cancel_marker(job))
+        except BatchfarmError as error:
+            log.warning("worker %d cannot check job %s: %s", self.index, job, error)
+            cancelled = False
+        if len(self._cancel_checks) > 1000:
+            self._cancel_checks.clear()
+        self._cancel_checks[job] = (now, cancelled)
+        return cancelled
+
+    def check_cancelled(self) -> None:
+        """Stop the running task if its job was cancelled (the actor's loop calls this)."""
+        current = self._current
+        task = current.task if current is not None else None
+        if current is not None and task is not None and self.job_cancelled(task.job):
+            current.stop("cancelled")
 
     def enforce_limits(self, now: float | None = None) -> Assignment | None:
         """Stop a task past its time limit; return it if it ignored the stop (the worker hung)."""
@@ -312,7 +343,9 @@ class WorkerCore:
                 self._current = assignment
                 self._cond.notify_all()  # room for the intake to fetch the next one
             self._on_change()
-            if assignment.failure is None:
+            if assignment.task is not None and self.job_cancelled(assignment.task.job):
+                assignment.stop("cancelled")
+            elif assignment.failure is None:
                 run_handler(assignment, self.settings.media, self.threads)
             if not isinstance(assignment.failure, TaskCancelled):  # a stopped run says little
                 self.policy.record(assignment.timings.get("compute_s", 0.0))
@@ -344,6 +377,11 @@ class WorkerCore:
                 self._dead_letter_bad_body(assignment)
             elif assignment.lease.lost or assignment.cancel_reason == "lease_lost":
                 log.warning("worker %d dropped %s: lease lost", self.index, assignment.label)
+            elif assignment.cancel_reason == "cancelled":
+                # The job is cancelled (durably, in the blob store): the task is dropped for
+                # good, with nothing to report; the manager has already settled its state.
+                self._queue.delete(assignment.message.receipt)
+                self.cancelled += 1
             elif assignment.cancel_reason in ("paused", "drain") and isinstance(
                 assignment.failure, TaskCancelled
             ):

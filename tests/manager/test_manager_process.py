@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from batchfarm.actors.backends import TASKS, open_blobs, open_queue, open_store
+from batchfarm.actors.manager.cancel import cancel_job
 from batchfarm.actors.manager.spec import parse_spec
 from batchfarm.actors.manager.submit import submit_job
 from tests.node.nodeproc import BASE_ENV, NodeProcess, env_for
@@ -160,3 +161,26 @@ def test_a_manager_killed_mid_job_is_restarted_and_the_job_counts_each_task_once
         assert len(tasks) == 13
         assert all(t.state == "succeeded" for t in tasks)
         assert [t.attempts for t in tasks] == [1] * 13  # every run recorded once
+
+
+def test_a_cancelled_job_stops_running_and_queued_tasks_and_does_not_advance(tmp_path, grid):
+    start_manager, start_node, settings = grid
+    start_manager()
+    start_node(node_workers=2)
+    job_id = submit(settings, two_stage_job(tmp_path, parts=8, seconds=3.0))
+    with open_queue(settings.queue, TASKS) as queue:
+        wait_for(lambda: queue.depth().in_flight >= 2, timeout=20, what="tasks running")
+        with open_store(settings.store) as store:
+            blobs = open_blobs(settings.storage)
+            assert cancel_job(store, blobs, job_id) is True
+            blobs.close()
+        # Running tasks stop within seconds; queued ones are dropped unrun.
+        wait_for(lambda: queue.depth().backlog == 0, timeout=30, what="the job's tasks gone")
+        assert queue.depth().dead == 0
+    with open_store(settings.store) as store:
+        assert store.job(job_id).state == "cancelled"
+        states = sorted({(t.stage, t.state) for t in store.tasks(job_id)})
+        assert ("sums", "queued") not in states
+        assert {stage for stage, _ in states} == {"work"}  # the fan-in stage never started
+        assert all(state in ("cancelled", "succeeded") for _, state in states)
+        assert sum(t.state == "succeeded" for t in store.tasks(job_id)) < 8

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from batchfarm.actors.backends import open_blobs
+from batchfarm.actors.messages import cancel_marker
 from batchfarm.actors.worker.core import WorkerCore
 from tests.worker.grid import (
     Ticker,
@@ -40,6 +41,7 @@ def start_core(tmp_path):
         ticker = Ticker()
         ticker.every(core.leases.interval_s, core.renew_leases)
         ticker.every(0.05, core.enforce_limits)
+        ticker.every(0.2, core.check_cancelled)
         started.append((core, ticker))
         return core
 
@@ -294,3 +296,18 @@ def test_a_task_sets_its_own_retry_backoff(tmp_path, start_core):
     wait_for(lambda: backlog(settings).dead == 1, what="the task dead-lettered")
     first, second = completions(settings)
     assert second.started_at - first.finished_at >= 0.55
+
+
+def test_a_cancelled_job_is_dropped_whether_running_or_waiting(tmp_path, start_core):
+    settings = make_settings(tmp_path / "state")
+    doomed = [task(n, "sleep", job="doomed", params={"seconds": 30}) for n in range(2)]
+    submit(settings, *doomed, task(0, "copy", job="kept"))
+    core = start_core(settings)
+    wait_for(lambda: core.state == "busy", what="a task running")
+    blobs = open_blobs(settings.storage)
+    blobs.put(cancel_marker("doomed"), b"cancelled\n")  # what the manager's cancel writes
+    blobs.close()
+    wait_for(lambda: core.cancelled == 2 and core.done == 1, timeout=15, what="doomed dropped")
+    assert [(e.job, e.ok) for e in completions(settings)] == [("kept", True)]
+    depth = backlog(settings)
+    assert (depth.backlog, depth.dead) == (0, 0)
