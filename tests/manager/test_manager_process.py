@@ -184,3 +184,26 @@ def test_a_cancelled_job_stops_running_and_queued_tasks_and_does_not_advance(tmp
         assert {stage for stage, _ in states} == {"work"}  # the fan-in stage never started
         assert all(state in ("cancelled", "succeeded") for _, state in states)
         assert sum(t.state == "succeeded" for t in store.tasks(job_id)) < 8
+
+
+def test_a_scheduled_job_waits_in_the_store_until_its_time(tmp_path, grid):
+    start_manager, start_node, settings = grid
+    start_manager()
+    start_node(node_workers=2)
+    spec = parse_spec(
+        {"after": "3s", "stages": [{"handler": "noop", "parts": 4}]},
+        source="job.toml",
+        base_dir=tmp_path,
+    )
+    job_id = submit(settings, spec)
+    with open_store(settings.store) as store:
+        job = store.job(job_id)
+        assert job.state == "scheduled"
+        start_at = job.start_at
+    with open_queue(settings.queue, TASKS) as queue:
+        assert queue.depth().backlog == 0  # nothing queued before its time
+    wait_for(lambda: job_state(settings, job_id) == "succeeded", timeout=30, what="job done")
+    with open_store(settings.store) as store:
+        job = store.job(job_id)
+        assert job.started_at >= start_at
+        assert len(store.tasks(job_id)) == 4
