@@ -17,13 +17,48 @@ from batchfarm.actors.errors import TaskError
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+class ParamError(TaskError):
+    """A handler parameter that is unknown or holds the wrong value (always permanent).
+
+    ``name``, ``value`` and ``expected`` say which and why, so the manager can report it at
+    submit time against the spec's own field (``stages[0].params.height``).
+    """
+
+    def __init__(self, handler: str, name: str, value: object, expected: str) -> None:
+        super().__init__(
+            f"{handler}: param {name} = {_show(value)}: expected {expected}", permanent=True
+        )
+        self.name = name
+        self.value = value
+        self.expected = expected
+
+
+class UnknownParamError(ParamError):
+    """Parameters the handler does not take (a typo must fail, not be ignored)."""
+
+    def __init__(self, handler: str, unknown: list[str], known: list[str]) -> None:
+        TaskError.__init__(
+            self,
+            f"{handler}: unknown param {', '.join(unknown)}: expected only "
+            f"{', '.join(known) or 'none'}",
+            permanent=True,
+        )
+        self.name = unknown[0]
+        self.value = None
+        self.expected = f"only {', '.join(known) or 'none'}"
+        self.known = known
+
+
 def bad_param(handler: str, name: str, value: object, expected: str) -> TaskError:
     """The error for a parameter whose value is not what was expected."""
+    return ParamError(handler, name, value, expected)
+
+
+def _show(value: object) -> str:
     try:
-        shown = json.dumps(value)
+        return json.dumps(value)
     except (TypeError, ValueError):
-        shown = repr(value)
-    return TaskError(f"{handler}: param {name} = {shown}: expected {expected}", permanent=True)
+        return repr(value)
 
 
 class Params:
@@ -37,11 +72,7 @@ class Params:
         self.params = params
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise TaskError(
-                f"{handler}: unknown param {', '.join(unknown)}: expected only {known}",
-                permanent=True,
-            )
+            raise UnknownParamError(handler, unknown, sorted(allowed))
 
     def __contains__(self, name: str) -> bool:
         return name in self.params

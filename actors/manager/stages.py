@@ -7,8 +7,6 @@ stage, no stage) is refused, saying which stage would fit.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 from batchfarm.actors.backends.store.models import StageMode
 from batchfarm.actors.errors import NO_VALUE, SpecError, TaskError, UnknownHandlerError
 from batchfarm.actors.errors import did_you_mean as hint
+from batchfarm.actors.handlers.params import ParamError, UnknownParamError
 from batchfarm.actors.handlers.registry import check_handler_name, check_params, known_names
 from batchfarm.actors.manager import values as v
 from batchfarm.actors.messages import IDENT
@@ -246,25 +245,14 @@ def check_handler(source: str, stage: StageSpec) -> None:
         try:
             check_params(stage.handler, params)
         except TaskError as e:
-            raise _param_error(source, f"{at}.params", stage.handler, params, e) from None
+            raise _param_error(source, f"{at}.params", params, e) from None
 
 
-_UNKNOWN_PARAM = re.compile(r".*?: unknown param (?P<names>.+?): expected only (?P<known>.*)")
-
-
-def _param_error(
-    source: str, at: str, handler: str, params: dict[str, Any], error: TaskError
-) -> SpecError:
-    """The handler's own message (``handler: param x = v: expected ...``) as a SpecError."""
-    message = str(error)
-    unknown = _UNKNOWN_PARAM.fullmatch(message)
-    if unknown:
-        name = unknown["names"].split(", ")[0]
-        known = unknown["known"]
-        expected = f"unknown param: expected only {known}{hint(name, known.split(', '))}"
-        return SpecError(source, f"{at}.{name}", params.get(name, NO_VALUE), expected)
-    for name, value in params.items():
-        prefix = f"{handler}: param {name} = {json.dumps(value)}: "
-        if message.startswith(prefix):
-            return SpecError(source, f"{at}.{name}", value, message[len(prefix) :])
-    return SpecError(source, at, NO_VALUE, message)
+def _param_error(source: str, at: str, params: dict[str, Any], error: TaskError) -> SpecError:
+    """The handler's own refusal, reported against the spec's field for the parameter."""
+    if isinstance(error, UnknownParamError):
+        expected = f"unknown param: expected {error.expected}{hint(error.name, error.known)}"
+        return SpecError(source, f"{at}.{error.name}", params.get(error.name, NO_VALUE), expected)
+    if isinstance(error, ParamError):
+        return SpecError(source, f"{at}.{error.name}", error.value, f"expected {error.expected}")
+    return SpecError(source, at, NO_VALUE, str(error))
