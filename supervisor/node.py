@@ -25,6 +25,7 @@ from pathlib import Path
 from batchfarm.actors.backends import TASKS, open_queue
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.errors import BatchfarmError, QueueError
+from batchfarm.actors.handlers.ffmpeg import threads_for
 from batchfarm.actors.messages import Command, NodeState, Record, WorkerStatus
 from batchfarm.actors.runtime import Actor, ExitCode
 from batchfarm.actors.runtime.process import ActorProcess, mailbox_address, spawn
@@ -282,7 +283,8 @@ class Node(Actor):
     def _spawn(self, index: int) -> ActorProcess:
         plan = cpus.pin_plan(max(index + 1, len(self.cpus)), self.cpus)
         pinned = self.settings.node.pin
-        threads = self._threads(pinned)
+        workers = cpus.worker_count(self.settings.node.workers, self.cpus)
+        threads = threads_for(self.settings.media, pinned, workers, len(self.cpus))
         core = plan[index][0] if pinned and len(plan[index]) == 1 else None
         spec = WorkerSpec(
             index=index,
@@ -305,13 +307,6 @@ class Node(Actor):
         if pinned:
             self._pins[index] = plan[index]
         return process
-
-    def _threads(self, pinned: bool) -> int:
-        setting = self.settings.media.threads
-        if setting != "auto":
-            return setting
-        count = max(1, len(self.watcher.slots()) if hasattr(self, "watcher") else 1)
-        return 1 if pinned else max(1, len(self.cpus) // count)
 
     def _tell(self, index: int, command: Command) -> None:
         process = self._processes.get(index)

@@ -24,16 +24,14 @@ def heartbeat(
         status = node.statuses.get(slot.index)
         sample = stats.get(slot.index)
         pid = slot.process.pid if slot.process is not None else 0
-        if status is None or status.pid != pid:
+        if slot.state == "failed" or status is None or status.pid != pid:
+            # Given up on, or not reporting yet: the supervisor's view is all there is.
             state: WorkerState = "failed" if slot.state == "failed" else "starting"
             status = WorkerStatus(index=slot.index, pid=pid, state=state)
-        if slot.state == "failed":
-            status = WorkerStatus(index=slot.index, pid=pid, state="failed")
         if sample is not None:
-            cpu, rss = sample.cpu_percent, sample.rss_bytes
-            status = _with_stats(status, cpu, rss)
+            status = replace(status, cpu_percent=sample.cpu_percent, rss_bytes=sample.rss_bytes)
         # Receipts stay on the node: the manager has no use for them.
-        workers.append(_without_receipts(status))
+        workers.append(replace(status, receipts=[]))
     own = node.sampler.sample(os.getpid())
     return Heartbeat(
         node=node.name,
@@ -73,11 +71,3 @@ def metrics(name: str, beat: Heartbeat) -> Metrics:
         for state, count in sorted(states.items())
     ]
     return Metrics(node=name, sent_at=beat.sent_at, samples=samples)
-
-
-def _with_stats(status: WorkerStatus, cpu: float, rss: int) -> WorkerStatus:
-    return replace(status, cpu_percent=cpu, rss_bytes=rss)
-
-
-def _without_receipts(status: WorkerStatus) -> WorkerStatus:
-    return replace(status, receipts=[])
