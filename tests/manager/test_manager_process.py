@@ -15,7 +15,7 @@ from batchfarm.actors.manager.cancel import cancel_job
 from batchfarm.actors.manager.spec import parse_spec
 from batchfarm.actors.manager.submit import submit_job
 from tests.node.nodeproc import BASE_ENV, NodeProcess, env_for
-from tests.node.test_manager_link import free_port
+from tests.ports import free_port
 from tests.worker.grid import make_settings, wait_for
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import time
 
 import pytest
@@ -12,6 +10,7 @@ import zmq
 from batchfarm.actors.codec import decode_frame, encode_frame
 from batchfarm.actors.messages import Command, Heartbeat, Metrics
 from tests.node.nodeproc import NodeProcess, env_for
+from tests.ports import free_port
 from tests.worker.grid import (
     Completions,
     completions,
@@ -21,19 +20,6 @@ from tests.worker.grid import (
     tasks_queue,
     wait_for,
 )
-
-
-def free_port() -> int:
-    """A free TCP port below the ephemeral range (a node dialling it cannot reach itself)."""
-    for _ in range(100):
-        port = random.randint(20_000, 30_000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port")
 
 
 class Manager:

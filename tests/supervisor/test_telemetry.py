@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import selectors
 import socket
 import threading
@@ -16,6 +15,7 @@ from batchfarm.actors.codec import decode_frame, encode_frame
 from batchfarm.actors.messages import Command, Heartbeat
 from batchfarm.actors.sockets import make_socket
 from batchfarm.supervisor.telemetry import Telemetry
+from tests.ports import PORTS, free_port
 
 NODE = "node-1"
 
@@ -29,11 +29,6 @@ def context() -> Iterator[zmq.Context]:
 
 def beat(n: int) -> Heartbeat:
     return Heartbeat(node=NODE, sent_at=float(n), state="up")
-
-
-#: Ports below Linux's ephemeral range (32768-60999), so a node dialling a port nobody listens
-#: on can never be handed that same port as its source and connect to itself.
-PORTS = (20000, 32000)
 
 
 def bind_router(context: zmq.Context, port: int | None = None) -> tuple[zmq.Socket, int]:
@@ -54,18 +49,6 @@ def bind_router(context: zmq.Context, port: int | None = None) -> tuple[zmq.Sock
                 router.close()
                 raise
             time.sleep(0.01)
-
-
-def free_port() -> int:
-    """A port nobody listens on (a plain socket closes at once; a ZeroMQ one a moment later)."""
-    while True:
-        port = random.randrange(*PORTS)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def wait_flushed(tel: Telemetry, timeout: float = 10) -> None:
