@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from batchfarm.actors.cli.context import CliState
-from batchfarm.actors.settings import load
+from batchfarm.actors.settings import Settings, load
 
 
 @click.group()
@@ -24,19 +24,20 @@ def config() -> None:
 def show(state: CliState, as_json: bool) -> None:
     """Print the effective config and where each value came from."""
     loaded = state.loaded
+    shown = _masked(loaded.settings)
     if as_json:
         out = {
             section: {
                 key: {"value": value, "source": loaded.sources[f"{section}.{key}"]}
                 for key, value in values.items()
             }
-            for section, values in dataclasses.asdict(loaded.settings).items()
+            for section, values in shown.items()
         }
         click.echo(json.dumps(out, indent=2))
         return
     source = str(loaded.path) if loaded.path else "no file (built-in defaults)"
     click.echo(f"# effective batchfarm config; file: {source}")
-    for section, values in dataclasses.asdict(loaded.settings).items():
+    for section, values in shown.items():
         click.echo(f"\n[{section}]")
         for key, value in values.items():
             line = f"{key} = {_toml(value)}"
@@ -49,6 +50,24 @@ def check(file: Path) -> None:
     """Validate FILE (the environment is not applied); exit 1 naming the first problem."""
     load(file, environ={})
     click.echo(f"{file}: ok")
+
+
+#: What ``config show`` prints for a secret that is set (tokens never reach a terminal or log).
+MASK = "***"
+
+
+def _masked(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The settings as plain dicts, secrets that are set replaced with :data:`MASK`."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(settings):
+        values = getattr(settings, section.name)
+        out[section.name] = {
+            f.name: MASK
+            if f.metadata.get("secret") and getattr(values, f.name)
+            else getattr(values, f.name)
+            for f in dataclasses.fields(values)
+        }
+    return out
 
 
 def _toml(value: Any) -> str:

@@ -6,6 +6,7 @@ environment variables, validates every value and returns :class:`Loaded`.
 
 from batchfarm.actors.settings.load import CONFIG_ENV, ENV_PREFIX, Loaded, load
 from batchfarm.actors.settings.model import (
+    ApiSettings,
     GridSettings,
     MediaSettings,
     NodeSettings,
@@ -19,6 +20,7 @@ from batchfarm.actors.settings.model import (
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "ApiSettings",
     "GridSettings",
     "Loaded",
     "MediaSettings",

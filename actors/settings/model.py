@@ -21,13 +21,15 @@ def setting(
     min: float | None = None,
     max: float | None = None,
     url: tuple[str, ...] | None = None,
+    secret: bool = False,
 ) -> Any:
     """Declare a settings field: its default, one line of documentation, and its limits.
 
     ``url`` names the URL schemes the value may use; the empty tuple means "any SQLAlchemy
-    database URL".
+    database URL". A ``secret`` value is never printed (``config show`` masks it).
     """
-    return field(default=default, metadata={"doc": doc, "min": min, "max": max, "url": url})
+    meta = {"doc": doc, "min": min, "max": max, "url": url, "secret": secret}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,28 @@ class MediaSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """[api]: the manager's HTTP API, and where every CLI verb finds it."""
+
+    listen: str = setting(
+        "http://127.0.0.1:8470",
+        "Where the manager's HTTP API listens and where the CLI finds it.",
+        url=("http",),
+    )
+    token: str = setting(
+        "",
+        "Bearer token for every request (admin); required when listen is not loopback.",
+        secret=True,
+    )
+    read_token: str = setting(
+        "", "Bearer token that may only read (GET): for dashboards and scrapers.", secret=True
+    )
+    max_request_bytes: int = setting(
+        1_048_576, "Largest request body the API accepts, in bytes.", min=1024, max=67_108_864
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a batchfarm process, loaded once at the entry point and passed down."""
 
@@ -188,3 +212,4 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)

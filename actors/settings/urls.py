@@ -16,6 +16,7 @@ _FORMS = {
     "file": "file:///absolute/path",
     "s3": "s3://bucket/optional/prefix",
     "tcp": "tcp://host:port",
+    "http": "http://host:port",
 }
 
 
@@ -42,13 +43,14 @@ def check_url(value: str, schemes: tuple[str, ...]) -> str | None:
             return f"a URL of the form {_FORMS['sqs']} (1-64 letters, digits, '-' or '_')"
     elif parts.scheme == "s3" and not _BUCKET.fullmatch(parts.netloc):
         return f"a URL of the form {_FORMS['s3']} with a valid bucket name"
-    elif parts.scheme == "tcp":
+    elif parts.scheme in ("tcp", "http"):
         try:
             port = parts.port
         except ValueError:
             port = None
         if not parts.hostname or port is None or port == 0 or parts.path not in ("", "/"):
-            return f"a ZeroMQ endpoint of the form {_FORMS['tcp']} (a port from 1 to 65535)"
+            what = "a ZeroMQ endpoint" if parts.scheme == "tcp" else "an address"
+            return f"{what} of the form {_FORMS[parts.scheme]} (a port from 1 to 65535)"
     return None
 
 
