@@ -113,6 +113,17 @@ def cancel_marker(job: str) -> str:
     return f"jobs/{job}/control/cancelled"
 
 
+def poison_marker(job: str, stage: str, part: int) -> str:
+    """The blob key whose presence says a task is poison: its failure is final.
+
+    The manager writes it (text: the time it decided, in seconds since the epoch, then the
+    reason) when a task has failed on two different nodes. A worker that receives the task
+    again (a retry of the same message) drops it unrun; a body enqueued after the marker (a
+    ``retry`` of the job) runs.
+    """
+    return f"jobs/{job}/control/poison/{stage}/{part}"
+
+
 @dataclass(frozen=True)
 class OutputRef(Record):
     """One object a task wrote."""

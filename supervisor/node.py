@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from batchfarm.actors.backends import TASKS, open_queue
-from batchfarm.actors.backends.queue import TaskQueue
+from batchfarm.actors.backends import open_task_queues
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.errors import BatchfarmError, QueueError
 from batchfarm.actors.handlers.ffmpeg import threads_for
 from batchfarm.actors.messages import Command, NodeState, Record, WorkerStatus
@@ -31,7 +31,7 @@ from batchfarm.actors.runtime import Actor, ExitCode
 from batchfarm.actors.runtime.process import ActorProcess, mailbox_address, spawn
 from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker.actor import WorkerActor, WorkerSpec
-from batchfarm.actors.worker.leases import hand_back
+from batchfarm.actors.worker.leases import hand_back_anywhere
 from batchfarm.supervisor import cpus
 from batchfarm.supervisor.report import heartbeat, metrics
 from batchfarm.supervisor.telemetry import Telemetry
@@ -83,7 +83,7 @@ class Node(Actor):
         self.cpus = cpus.available_cpus()
         count = cpus.worker_count(self.settings.node.workers, self.cpus)
         self.sampler = cpus.StatsSampler()
-        self.queue: TaskQueue = open_queue(self.settings.queue, TASKS)
+        self.queue: TaskQueues = open_task_queues(self.settings.queue)
         self.telemetry = Telemetry(
             self.context, self.settings.node.manager, self.name, self.settings.node.telemetry_buffer
         )
@@ -321,12 +321,15 @@ class Node(Actor):
             self._release(event.index)
 
     def _release(self, index: int) -> None:
-        """Hand back at once the messages a dead worker held (else they wait out their lease)."""
+        """Hand back at once the messages a dead worker held (else they wait out their lease).
+
+        The status names receipts only, not their queues: each task queue takes its own.
+        """
         status = self.statuses.pop(index, None)
         if status is None or not status.receipts:
             return
         try:
-            hand_back(self.queue, status.receipts, 0.0)
+            hand_back_anywhere(self.queue, status.receipts, 0.0)
         except QueueError as error:
             log.warning(
                 "node %s: could not hand back worker %d's tasks: %s", self.name, index, error

@@ -14,6 +14,7 @@ from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.blobs.local import LocalBlobStore
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.queue.local import LocalQueue
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.errors import BackendError
 from batchfarm.actors.settings import QueueSettings, StorageSettings, StoreSettings
 
@@ -21,8 +22,34 @@ if TYPE_CHECKING:
     from batchfarm.actors.backends.store import Store
 
 #: The grid's queues, by role. On SQS each is ``<prefix>-<name>``, each with its ``-dlq``.
+#: ``tasks`` holds normal-priority tasks, ``tasks-high`` high-priority ones.
 TASKS = "tasks"
+TASKS_HIGH = "tasks-high"
 COMPLETIONS = "completions"
+#: The task queue of each priority class (a job's stored priority: ``normal`` is 0, ``high``
+#: 1), highest first: workers take from a lower class only when the higher ones are empty.
+TASK_QUEUES: dict[int, str] = {1: TASKS_HIGH, 0: TASKS}
+
+
+def task_queue_name(priority: int) -> str:
+    """The name of the task queue a job of ``priority`` sends its tasks to."""
+    for level in sorted(TASK_QUEUES, reverse=True):
+        if priority >= level:
+            return TASK_QUEUES[level]
+    return TASK_QUEUES[min(TASK_QUEUES)]
+
+
+def open_task_queues(settings: QueueSettings) -> TaskQueues:
+    """Open the task queue of every priority class (close them with ``close()``)."""
+    opened: dict[int, TaskQueue] = {}
+    try:
+        for level, name in TASK_QUEUES.items():
+            opened[level] = open_queue(settings, name)
+    except BaseException:
+        for queue in opened.values():
+            queue.close()
+        raise
+    return TaskQueues(opened)
 
 
 def open_queue(settings: QueueSettings, name: str) -> TaskQueue:

@@ -7,20 +7,55 @@ one-line error and exit code 1; usage errors exit 2 (click's convention).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
-from batchfarm.actors.cli.config_cmd import config
 from batchfarm.actors.cli.context import CliState
-from batchfarm.actors.cli.manager_cmd import manager
-from batchfarm.actors.cli.node_cmd import node
 from batchfarm.actors.errors import BatchfarmError
 from batchfarm.actors.settings import CONFIG_ENV
 
+#: Every verb, as ``module:command`` under this package. Imported when used: a verb that only
+#: talks to the API should not pay for importing the manager, the store and SQLAlchemy.
+VERBS = {
+    "up": "up_cmd:up",
+    "manager": "manager_cmd:manager",
+    "node": "node_cmd:node",
+    "submit": "submit_cmd:submit",
+    "status": "status_cmd:status",
+    "watch": "watch_cmd:watch",
+    "results": "results_cmd:results",
+    "cancel": "jobs_cmd:cancel",
+    "retry": "jobs_cmd:retry",
+    "nodes": "nodes_cmd:nodes",
+    "drain": "nodes_cmd:drain",
+    "pause": "nodes_cmd:pause",
+    "resume": "nodes_cmd:resume",
+    "cordon": "nodes_cmd:cordon",
+    "uncordon": "nodes_cmd:uncordon",
+    "config": "config_cmd:config",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Verbs(click.Group):
+    """A group whose commands are imported on first use (see :data:`VERBS`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = VERBS.get(cmd_name)
+        if where is None:
+            return None
+        module, _, attr = where.partition(":")
+        command = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_Verbs, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -33,11 +68,6 @@ from batchfarm.actors.settings import CONFIG_ENV
 def cli(ctx: click.Context, config_path: Path | None) -> None:
     """batchfarm: a batch-processing grid that keeps every core busy."""
     ctx.obj = CliState(config_path)
-
-
-cli.add_command(config)
-cli.add_command(manager)
-cli.add_command(node)
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ It runs in the main process with three parts so far:
   in the store and enqueues the next stages' tasks;
 - telemetry: the ROUTER the nodes report to (``[node] manager``), polled on the loop, whose
   heartbeats and metrics go to the store in batches, and which marks silent nodes lost;
-- the schedule: jobs waiting for their start time are enqueued once it comes.
+- the schedule: jobs waiting for their start time are enqueued once it comes;
+- the HTTP API (``[api] listen``): uvicorn in a thread of its own, serving the store's views,
+  accepting jobs and steering nodes (its node commands are sent from the loop).
 
 Only the manager writes the store.
 """
@@ -18,16 +20,32 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
 
-from batchfarm.actors.backends import COMPLETIONS, TASKS, open_queue, open_store
+from batchfarm.actors.api.auth import check_exposure
+from batchfarm.actors.api.metrics import ApiMetrics
+from batchfarm.actors.api.server import ApiServer, api_server
+from batchfarm.actors.api.web import ApiContext
+from batchfarm.actors.backends import (
+    COMPLETIONS,
+    open_blobs,
+    open_queue,
+    open_store,
+    open_task_queues,
+)
+from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.store.models import JobState
-from batchfarm.actors.errors import BackendError
+from batchfarm.actors.errors import BackendError, ConfigError
+from batchfarm.actors.manager.cordon import CordonKeeper
+from batchfarm.actors.manager.health import NodeHealth
 from batchfarm.actors.manager.plan import SpecPlanner
 from batchfarm.actors.manager.results import ResultsProcessor
 from batchfarm.actors.manager.submit import start_job
 from batchfarm.actors.manager.telemetry import TelemetryProcessor
-from batchfarm.actors.runtime import Actor
+from batchfarm.actors.messages import Command
+from batchfarm.actors.runtime import Actor, ExitCode
 from batchfarm.actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,15 +62,23 @@ RESULTS_WAIT_S = 1.0
 SCHEDULE_S = 1.0
 #: Pause after a backend error in the results thread, doubling up to the maximum.
 RESULTS_RETRY_S = (0.5, 10.0)
+#: Seconds an API request waits for the loop to send a node command.
+COMMAND_WAIT_S = 5.0
 
 
 class ManagerActor(Actor):
-    """The grid's manager: results and telemetry into the store (jobs' API comes next)."""
+    """The grid's manager: results and telemetry into the store, and the HTTP API.
+
+    Refuses (:class:`ConfigError` naming ``[api] token``) settings whose API would listen
+    beyond this machine without a token.
+    """
 
     def __init__(self, settings: Settings) -> None:
+        check_exposure(settings.api)
         self.settings = settings
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._api: ApiServer | None = None
 
     def on_start(self) -> None:
         """Open the store and queues, bind the telemetry ROUTER, start the results thread."""
@@ -65,17 +91,34 @@ class ManagerActor(Actor):
             flush_interval=TELEMETRY_FLUSH_S,
             lost_after=MISSED_HEARTBEATS * settings.node.heartbeat_interval,
         )
-        self._tasks = open_queue(settings.queue, TASKS)
+        self._tasks = open_task_queues(settings.queue)
         self._completions = open_queue(settings.queue, COMPLETIONS)
+        # The API's own objects: its threads must not wait on the results thread's polls.
+        self._blobs = open_blobs(settings.storage)
+        self._api_tasks = open_task_queues(settings.queue)
+        self._api_completions = open_queue(settings.queue, COMPLETIONS)
+        depths = {queue.name: queue for queue in self._api_tasks}
+        depths[COMPLETIONS] = self._api_completions
+        self.api_metrics = ApiMetrics(self.store, depths)
+        # Poison tasks and bad nodes, judged in the results thread; the loop pauses the
+        # nodes it cordons (only the loop may use the telemetry socket).
+        self.health = NodeHealth(self.store, self._blobs)
+        self.cordons = CordonKeeper(
+            self.store, self.telemetry, resend_s=max(2 * settings.node.heartbeat_interval, 1.0)
+        )
         self.results = ResultsProcessor(
             self.store,
             self._tasks,
             self._completions,
             SpecPlanner(self._stored_spec, settings.tasks),
             visibility_s=settings.queue.visibility_timeout,
+            observer=self.api_metrics.durations,
+            health=self.health,
         )
         # The loop's own queue object: the results thread's may sit in a long poll.
-        self._loop_tasks = open_queue(settings.queue, TASKS)
+        self._loop_tasks = open_task_queues(settings.queue)
+        if not self._start_api(depths):
+            return
         self._thread = threading.Thread(target=self._results_loop, name="results", daemon=True)
         self._thread.start()
         self.every(TELEMETRY_POLL_S, self._telemetry)
@@ -88,7 +131,9 @@ class ManagerActor(Actor):
             self.stop()
 
     def on_stop(self) -> None:
-        """Stop the results thread, write what telemetry buffered, close everything."""
+        """Stop the API and the results thread, write what telemetry buffered, close all."""
+        if self._api is not None:
+            self._api.stop()
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(RESULTS_WAIT_S + 5.0)
@@ -100,7 +145,60 @@ class ManagerActor(Actor):
         self._tasks.close()
         self._loop_tasks.close()
         self._completions.close()
+        self._close_api_backends()
         self.store.close()
+
+    def _start_api(self, depths: Mapping[str, TaskQueue]) -> bool:
+        """Start the HTTP API; on a bad ``[api] listen`` release everything and stop (78)."""
+        api = ApiContext(
+            settings=self.settings,
+            store=self.store,
+            blobs=self._blobs,
+            tasks=self._api_tasks,
+            queues=depths,
+            send_command=self._send_command,
+        )
+        server = api_server(api, self.api_metrics)
+        try:
+            server.start()
+        except ConfigError as error:
+            log.error("%s", error)
+            # on_stop does not run after a failed start: release what on_start opened.
+            self.telemetry.close()
+            for queues in (self._tasks, self._loop_tasks, self._completions):
+                queues.close()
+            self._close_api_backends()
+            self.store.close()
+            self.stop(ExitCode.CONFIG)
+            return False
+        self._api = server
+        log.info("manager: API at %s", server.url)
+        return True
+
+    def _close_api_backends(self) -> None:
+        self._api_tasks.close()
+        self._api_completions.close()
+        self._blobs.close()
+
+    def _send_command(self, node: str, command: Command) -> bool:
+        """Send ``command`` to ``node`` from the loop (it owns the ROUTER); for API threads.
+
+        Waits up to :data:`COMMAND_WAIT_S` for the loop; raises TimeoutError after that.
+        """
+        done: Future[bool] = Future()
+
+        def send() -> None:
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(self.telemetry.send(node, command))
+                except Exception as error:  # noqa: BLE001 - handed to the waiting request
+                    done.set_exception(error)
+
+        self.call_soon_threadsafe(send)
+        try:
+            return done.result(COMMAND_WAIT_S)
+        finally:
+            done.cancel()  # a loop that never got to it must not send it later
 
     def _stored_spec(self, job_id: str) -> dict[str, Any]:
         job = self.store.job(job_id)
@@ -136,6 +234,10 @@ class ManagerActor(Actor):
             return
         for node in lost:
             log.warning("manager: node %s is lost (no heartbeat)", node)
+        try:
+            self.cordons.tick(self.health.take_cordoned())
+        except BackendError as error:
+            log.warning("manager: cordoned nodes not checked: %s", error)
 
     def _results_loop(self) -> None:
         pause = RESULTS_RETRY_S[0]

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from batchfarm.actors.backends.queue import MAX_BATCH, Outgoing, Received, TaskQueue
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.backends.store import (
     JobState,
     NewTask,
@@ -52,6 +54,7 @@ from batchfarm.actors.backends.store import (
 )
 from batchfarm.actors.codec import decode_body, encode_body
 from batchfarm.actors.errors import MessageError
+from batchfarm.actors.manager.health import NodeHealth
 from batchfarm.actors.messages import Completion, TaskBody
 from batchfarm.actors.sockets import Rejects
 
@@ -61,6 +64,10 @@ log = logging.getLogger(__name__)
 UNFINISHED = tuple(str(s) for s in TaskState if s != TaskState.SUCCEEDED)
 #: How long a received completion stays hidden while the processor works on it.
 VISIBILITY_S = 60.0
+#: Held while runs are recorded and their jobs moved on, and while a job is retried
+#: (:mod:`~batchfarm.actors.manager.retry`): within a manager the two never interleave, so a
+#: retry never reads a task between its run's record and its stage's update.
+ADVANCING = threading.RLock()
 
 
 class Planner(Protocol):
@@ -114,19 +121,25 @@ class ResultsProcessor:
     def __init__(
         self,
         store: Store,
-        tasks_queue: TaskQueue,
+        task_queues: TaskQueues,
         completions_queue: TaskQueue,
         planner: Planner,
         *,
         visibility_s: float = VISIBILITY_S,
         clock: Callable[[], float] = time.time,
+        observer: Callable[[Sequence[TaskRun], RunsApplied], None] | None = None,
+        health: NodeHealth | None = None,
     ) -> None:
         self._store = store
-        self._tasks = tasks_queue
+        self._tasks = task_queues
         self._completions = completions_queue
         self._planner = planner
         self._visibility_s = visibility_s
         self._clock = clock
+        #: Told of each batch of runs once the store has recorded it (``/metrics``' durations).
+        self._observer = observer
+        #: Judges poison tasks before runs are recorded and bad nodes after (None: no one).
+        self._health = health
         self.counters = ResultsCounters()
 
     def step(self, max_messages: int = MAX_BATCH, wait_s: float = 0.0) -> int:
@@ -151,9 +164,16 @@ class ResultsProcessor:
             assert isinstance(event, Completion)
             runs.append(task_run(event))
         if runs:
-            applied = self._store.record_runs(runs)
-            self._count(len(runs), applied)
-            self._advance(runs, applied)
+            with ADVANCING:
+                if self._health is not None:
+                    runs = self._health.judge(runs)  # a poison task's failure is final
+                applied = self._store.record_runs(runs)
+                self._count(len(runs), applied)
+                if self._health is not None:
+                    self._health.observe(runs, applied)
+                if self._observer is not None:
+                    self._observer(runs, applied)
+                self._advance(runs, applied)
         if bad:
             # Kept where an operator can read them; a crash before the delete copies twice.
             dead = self._completions.dead_letters()
@@ -203,6 +223,7 @@ class ResultsProcessor:
         if job is None or job.state == JobState.CANCELLED:
             return
         job_state = job.state
+        queue = self._tasks.for_priority(job.priority)  # the job's tasks all go to its class
         # Positions in this list, not stored indexes, so a gap in the indexes cannot confuse.
         stages = self._store.stages(job_id)
         position = {stage.name: at for at, stage in enumerate(stages)}
@@ -230,13 +251,15 @@ class ResultsProcessor:
             if following is not None and following.mode == StageMode.CHAIN:
                 chained.setdefault(at + 1, []).append((run.part, output_keys(run.outputs)))
         for index, parts in sorted(chained.items()):
-            self._enqueue(stages, index, parts)
-        finished = self._finish_stages(stages, sorted(touched))
+            self._enqueue(queue, stages, index, parts)
+        finished = self._finish_stages(queue, stages, sorted(touched))
         if finished and job_state != JobState.SUCCEEDED:
             self._store.set_job_state(job_id, JobState.SUCCEEDED, None, finished_at=now)
             self.counters.jobs_succeeded += 1
 
-    def _finish_stages(self, stages: list[StageView], touched: Iterable[int]) -> bool:
+    def _finish_stages(
+        self, queue: TaskQueue, stages: list[StageView], touched: Iterable[int]
+    ) -> bool:
         """Mark done stages succeeded and start fan-in stages; True if the last one is done."""
         checked: set[int] = set()
         for start in touched:
@@ -268,7 +291,7 @@ class ResultsProcessor:
                         for task in sorted(tasks, key=_part)
                         for key in output_keys(task.outputs)
                     ]
-                    self._enqueue(stages, index + 1, [(0, inputs)])
+                    self._enqueue(queue, stages, index + 1, [(0, inputs)])
                 index += 1
         return False
 
@@ -288,9 +311,13 @@ class ResultsProcessor:
         return bool(self._store.tasks(job, stage=name, limit=1))
 
     def _enqueue(
-        self, stages: list[StageView], index: int, parts: Sequence[tuple[int, list[str]]]
+        self,
+        queue: TaskQueue,
+        stages: list[StageView],
+        index: int,
+        parts: Sequence[tuple[int, list[str]]],
     ) -> None:
-        """Create tasks of stage ``index`` (if new) and send those not yet queued."""
+        """Create tasks of stage ``index`` (if new) and send those not yet queued to ``queue``."""
         stage = stages[index]
         job = stage.job_id
         inputs = dict(parts)
@@ -308,7 +335,7 @@ class ResultsProcessor:
         ]
         for start in range(0, len(bodies), MAX_BATCH):
             chunk = bodies[start : start + MAX_BATCH]
-            self._tasks.send_batch([Outgoing(encode_body(body)) for body in chunk])
+            queue.send_batch([Outgoing(encode_body(body)) for body in chunk])
         self.counters.enqueued += len(bodies)
         self._store.update_tasks(
             TaskUpdate(job, stage.name, part, TaskState.QUEUED, queued_at=now) for part in due
@@ -372,7 +399,8 @@ def failure_reason(run: TaskRun) -> str:
     error = run.error or {}
     kind = error.get("type") or "error"
     message = error.get("message") or "no message"
-    return f"task {run.task_id} failed: {kind}: {message}"
+    why = f"{run.reason}; " if run.reason else ""
+    return f"task {run.task_id} failed: {why}{kind}: {message}"
 
 
 def _part(task: TaskView) -> int:

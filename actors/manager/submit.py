@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from batchfarm.actors.backends.blobs import BlobStore
-from batchfarm.actors.backends.queue import MAX_BATCH, Outgoing, TaskQueue
+from batchfarm.actors.backends.queue import MAX_BATCH, Outgoing
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.backends.store import Store
 from batchfarm.actors.backends.store.models import JobState, StageState, TaskState
 from batchfarm.actors.codec import encode_body
+from batchfarm.actors.manager.accept import accept_job
 from batchfarm.actors.manager.plan import first_tasks, make_plan, new_job_id
 from batchfarm.actors.manager.spec import JobSpec
 from batchfarm.actors.manager.upload import input_keys, upload_inputs
@@ -27,46 +29,67 @@ def submit_job(
     *,
     store: Store,
     blobs: BlobStore,
-    tasks: TaskQueue,
+    tasks: TaskQueues,
     defaults: TasksSettings,
     progress: Callable[[int, int], None] | None = None,
 ) -> str:
-    """Plan, upload, record and (when due) enqueue a checked job; return its id.
+    """Upload a checked job's files, then accept it as the HTTP API does; return its id.
 
     Planning comes first, so an oversized body or a name clash stops the job before a byte
-    is uploaded; the store learns of the job only once its inputs are all in the blob store.
+    is uploaded; the store learns of the job only once its inputs are all in the blob store
+    (:func:`~batchfarm.actors.manager.accept.accept_job` records and enqueues it).
     """
     job_id = new_job_id(spec.name)
-    plan = make_plan(spec, job_id, input_keys(spec, job_id), defaults)
+    keys = input_keys(spec, job_id)
+    plan = make_plan(spec, job_id, keys, defaults)
     upload_inputs(spec, blobs, job_id, progress)
-    for key, data in plan.blobs.items():
-        blobs.put(key, data)
-    store.create_job(plan.job, plan.tasks)
-    if plan.job.state != JobState.SCHEDULED:
-        enqueue_first(store, tasks, job_id, plan.bodies)
+    uploaded = keys[: len(spec.files)]
+    job_id, _ = accept_job(
+        plan.job.spec,
+        job_id,
+        store=store,
+        blobs=blobs,
+        tasks=tasks,
+        defaults=defaults,
+        source=spec.source,
+        uploaded=uploaded,
+    )
     return job_id
 
 
-def start_job(store: Store, tasks: TaskQueue, job_id: str, defaults: TasksSettings) -> None:
+def start_job(store: Store, tasks: TaskQueues, job_id: str, defaults: TasksSettings) -> None:
     """Enqueue a scheduled job's first stage now that it is due (from its stored spec)."""
     job = store.job(job_id)
     if job is None or job.state != JobState.SCHEDULED:
         return
     spec = JobSpec.from_stored(job.spec)
-    enqueue_first(store, tasks, job_id, first_tasks(spec, job_id, list(spec.keys), defaults))
+    bodies = first_tasks(spec, job_id, list(spec.keys), defaults)
+    enqueue_first(store, tasks, job_id, bodies, priority=job.priority)
 
 
-def enqueue_first(store: Store, tasks: TaskQueue, job_id: str, bodies: list[TaskBody]) -> None:
-    """Send the first stage's bodies, then mark the stage and the job running.
+def enqueue_first(
+    store: Store,
+    tasks: TaskQueues,
+    job_id: str,
+    bodies: list[TaskBody],
+    *,
+    priority: int | None = None,
+) -> None:
+    """Send the first stage's bodies to the job's priority queue, then mark it running.
 
-    The store is updated after the sends: a manager killed in between leaves the tasks
-    pending, and sending them again is harmless (a task's outputs have fixed keys and the
-    store counts a re-run once).
+    ``priority`` is the job's stored priority (None: read from the store). The store is
+    updated after the sends: a manager killed in between leaves the tasks pending, and
+    sending them again is harmless (a task's outputs have fixed keys and the store counts a
+    re-run once).
     """
+    if priority is None:
+        job = store.job(job_id)
+        priority = 0 if job is None else job.priority
+    queue = tasks.for_priority(priority)
     now = time.time()
     stamped = [replace(body, enqueued_at=now) for body in bodies]
     for start in range(0, len(stamped), MAX_BATCH):
-        tasks.send_batch([Outgoing(encode_body(b)) for b in stamped[start : start + MAX_BATCH]])
+        queue.send_batch([Outgoing(encode_body(b)) for b in stamped[start : start + MAX_BATCH]])
     if stamped:
         first = stamped[0].stage
         store.set_tasks_state(

@@ -26,7 +26,14 @@ from batchfarm.actors.errors import (
     MessageError,
     TaskError,
 )
-from batchfarm.actors.messages import Completion, ErrorInfo, OutputRef, TaskBody, Timings
+from batchfarm.actors.messages import (
+    Completion,
+    ErrorInfo,
+    OutputRef,
+    TaskBody,
+    Timings,
+    poison_marker,
+)
 from batchfarm.actors.worker.leases import Lease
 
 #: The folders of a task's scratch space: inputs, outputs, the handler's temp files.
@@ -137,6 +144,27 @@ def fetch(assignment: Assignment, blobs: BlobStore, scratch_root: Path) -> None:
     except TaskError as error:
         assignment.failure = error
     assignment.timings["fetch_s"] = time.monotonic() - started
+
+
+def poisoned(task: TaskBody, blobs: BlobStore) -> str | None:
+    """Why the manager declared this body's task poison, or None if it did not.
+
+    The marker (:func:`~batchfarm.actors.messages.poison_marker`) holds the time of the
+    verdict: a body enqueued after it (the job was retried since) is not poison. Raises
+    :class:`BlobError` when the store cannot say.
+    """
+    try:
+        text = blobs.read(poison_marker(task.job, task.stage, task.part))
+    except BlobNotFoundError:
+        return None
+    stamp, _, reason = text.decode("utf-8", "replace").partition(" ")
+    try:
+        decided_at = float(stamp)
+    except ValueError:
+        decided_at = None
+    if decided_at is not None and task.enqueued_at > decided_at:
+        return None
+    return reason.strip() or "poison"
 
 
 def store_outputs(assignment: Assignment, blobs: BlobStore) -> None:

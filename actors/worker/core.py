@@ -1,10 +1,10 @@
 """The worker's engine: three threads that keep one core busy with tasks from the queue.
 
-- intake: receives messages (as many as :class:`IntakePolicy` allows), downloads each
-  task's inputs, and queues it as waiting;
+- intake: receives messages (as many as :class:`IntakePolicy` allows, high-priority tasks
+  first: :class:`Receiver`), downloads each task's inputs, and queues it as waiting;
 - executor: runs the waiting tasks' handlers one at a time (the CPU-heavy part);
 - output: stores each finished task's outputs, reports its completion, deletes its message
-  (or schedules its retry, or dead-letters it).
+  (or schedules its retry, or dead-letters it): :mod:`~batchfarm.actors.worker.settle`.
 
 So while a task computes, the next one's input is downloading and the last one's output is
 uploading. The actor's loop drives the rest from timers: renewing leases
@@ -22,29 +22,24 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from batchfarm.actors.backends import COMPLETIONS, TASKS, open_blobs, open_queue
-from batchfarm.actors.backends.blobs import BlobStore
+from batchfarm.actors.backends import COMPLETIONS, open_blobs, open_queue, open_task_queues
 from batchfarm.actors.backends.queue import TaskQueue
-from batchfarm.actors.codec import encode_body
-from batchfarm.actors.errors import BatchfarmError, QueueError, TaskCancelled, TaskError
-from batchfarm.actors.messages import WorkerState, WorkerStatus, cancel_marker
+from batchfarm.actors.errors import QueueError, TaskCancelled
+from batchfarm.actors.messages import WorkerState, WorkerStatus
 from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker import assignment as steps
+from batchfarm.actors.worker import settle
 from batchfarm.actors.worker.assignment import Assignment
-from batchfarm.actors.worker.execute import run_handler
-from batchfarm.actors.worker.intake import IntakePolicy
-from batchfarm.actors.worker.leases import Leases, hand_back, retry_delay
+from batchfarm.actors.worker.control import ControlChecks
+from batchfarm.actors.worker.execute import past_time_limit, run_handler
+from batchfarm.actors.worker.intake import IntakePolicy, Receiver
+from batchfarm.actors.worker.leases import Leases, hand_back
 
 log = logging.getLogger(__name__)
 
-#: Seconds a job's cancellation check is trusted before the blob store is asked again.
-CANCEL_CHECK_TTL_S = 2.0
-#: Pause after a queue error in the intake loop, doubling up to the maximum.
-INTAKE_RETRY_S = (0.5, 10.0)
-
 
 class WorkerCore:
-    """Runs tasks from the grid's task queue on this process's core, until closed."""
+    """Runs tasks from the grid's task queues on this process's core, until closed."""
 
     def __init__(
         self,
@@ -84,7 +79,7 @@ class WorkerCore:
         self.bytes_out = 0
         self.rejected = 0
         self.cancelled = 0
-        self._cancel_checks: dict[str, tuple[float, bool]] = {}  # job -> (checked at, cancelled)
+        self.poisoned = 0
         self._threads: list[threading.Thread] = []
 
     # -- life --------------------------------------------------------------------------------
@@ -92,12 +87,20 @@ class WorkerCore:
     def start(self) -> None:
         """Open the backends and start the intake, executor and output threads."""
         self.scratch_root.mkdir(parents=True, exist_ok=True)
-        # The intake's long poll gets a queue object of its own, so renewals, deletes and
+        queue = self.settings.queue
+        # The intake's long poll gets queue objects of its own, so renewals, deletes and
         # hand-backs never wait behind it.
-        self._poll_queue = open_queue(self.settings.queue, TASKS)
-        self._queue = open_queue(self.settings.queue, TASKS)
-        self._completions = open_queue(self.settings.queue, COMPLETIONS)
+        self._receiver = Receiver(
+            open_task_queues(queue),
+            wait_s=queue.wait,
+            visibility_s=queue.visibility_timeout,
+            closing=self._closing,
+            name=f"worker {self.index}",
+        )
+        self._queues = open_task_queues(queue)
+        self._completions = open_queue(queue, COMPLETIONS)
         self._blobs = open_blobs(self.settings.storage)
+        self.control = ControlChecks(self._blobs, f"worker {self.index}")
         for name, target in (
             ("intake", self._intake_loop),
             ("executor", self._executor_loop),
@@ -124,13 +127,12 @@ class WorkerCore:
             wait = 0.1 if thread.name.endswith("intake") else deadline - time.monotonic()
             thread.join(max(0.0, wait))
         self._release_all()
-        backends: list[TaskQueue | BlobStore] = [self._queue, self._completions, self._blobs]
-        if not self._intake_busy:
-            # An intake still in its long poll keeps its queue; the process is ending and
-            # what the poll returns reappears when its visibility runs out.
-            backends.append(self._poll_queue)
-        for backend in backends:
+        for backend in (self._queues, self._completions, self._blobs):
             backend.close()
+        if not self._intake_busy:
+            # An intake still in its long poll keeps its queues; the process is ending and
+            # what the poll returns reappears when its visibility runs out.
+            self._receiver.close()
 
     # -- commands (from the actor's loop) ------------------------------------------------------
 
@@ -175,55 +177,25 @@ class WorkerCore:
 
     def renew_leases(self) -> None:
         """Extend every held message's visibility; stop any task whose lease was lost."""
-        for lease in self.leases.renew(self._queue):
+        for lease in self.leases.renew(self._queues):
             held = self._held.get(lease.receipt)
             log.warning("worker %d lost the lease on %s", self.index, lease.label)
             if held is not None:
                 held.stop("lease_lost")
 
-    def job_cancelled(self, job: str, now: float | None = None) -> bool:
-        """Whether ``job`` is cancelled: its marker is in the blob store.
-
-        Checked at most every :data:`CANCEL_CHECK_TTL_S` seconds per job; a store error counts
-        as not cancelled (the next check asks again).
-        """
-        now = time.monotonic() if now is None else now
-        checked = self._cancel_checks.get(job)
-        if checked is not None and now - checked[0] < CANCEL_CHECK_TTL_S:
-            return checked[1]
-        try:
-            cancelled = self._blobs.exists(cancel_marker(job))
-        except BatchfarmError as error:
-            log.warning("worker %d cannot check job %s: %s", self.index, job, error)
-            cancelled = False
-        if len(self._cancel_checks) > 1000:
-            self._cancel_checks.clear()
-        self._cancel_checks[job] = (now, cancelled)
-        return cancelled
-
     def check_cancelled(self) -> None:
         """Stop the running task if its job was cancelled (the actor's loop calls this)."""
         current = self._current
         task = current.task if current is not None else None
-        if current is not None and task is not None and self.job_cancelled(task.job):
+        if current is not None and task is not None and self.control.job_cancelled(task.job):
             current.stop("cancelled")
 
     def enforce_limits(self, now: float | None = None) -> Assignment | None:
         """Stop a task past its time limit; return it if it ignored the stop (the worker hung)."""
-        now = time.monotonic() if now is None else now
         current = self._current
-        if current is None or current.run_started is None or current.task is None:
+        if current is None or not past_time_limit(current, self.settings.tasks, now):
             return None
-        limit = current.task.time_limit_s or self.settings.tasks.time_limit or None
-        if limit is not None and now - current.run_started > limit and not current.cancel.is_set():
-            current.stop("time_limit")
-            current.timings["cancelled_at"] = now
-        cancelled_at = current.timings.get("cancelled_at")
-        if current.cancel.is_set() and cancelled_at is None:
-            current.timings["cancelled_at"] = now
-        elif cancelled_at is not None and now - cancelled_at > self.settings.tasks.cancel_grace:
-            return current
-        return None
+        return current
 
     def abandon(self, hung: Assignment) -> None:
         """Report a hung task as failed (its retry follows the usual rules) and hand back the rest.
@@ -269,7 +241,6 @@ class WorkerCore:
     # -- threads --------------------------------------------------------------------------------
 
     def _intake_loop(self) -> None:
-        pause_s = INTAKE_RETRY_S[0]
         while True:
             with self._cond:
                 wanted = 0
@@ -283,22 +254,9 @@ class WorkerCore:
                     return
                 self._intake_busy = True
             try:
-                messages = self._poll_queue.receive(
-                    wanted,
-                    wait_s=self.settings.queue.wait,
-                    visibility_s=self.settings.queue.visibility_timeout,
-                )
-                pause_s = INTAKE_RETRY_S[0]
-            except QueueError as error:
-                if self._closing.is_set():
-                    return  # the queue was closed under the poll
-                log.warning("worker %d cannot receive: %s", self.index, error)
-                messages = []
-                time.sleep(pause_s)
-                pause_s = min(pause_s * 2, INTAKE_RETRY_S[1])
-            try:
-                for message in messages:
-                    self._take(steps.receive(message, self.leases.hold(message.receipt, "")))
+                for taken in self._receiver.receive(wanted):
+                    lease = self.leases.hold(taken.message.receipt, "", taken.queue)
+                    self._take(steps.receive(taken.message, lease))
             finally:
                 with self._cond:
                     self._intake_busy = False
@@ -323,6 +281,10 @@ class WorkerCore:
         if assignment.task is None:
             self._outbox.put(assignment)  # a bad body: the output thread dead-letters it
             return
+        if assignment.attempt > 1 and self.control.poison(assignment.task) is not None:
+            assignment.stop("poison")  # the output thread dead-letters it, unrun
+            self._outbox.put(assignment)
+            return
         steps.fetch(assignment, self._blobs, self.scratch_root)
         self.bytes_in += assignment.bytes_in
         with self._cond:
@@ -343,7 +305,7 @@ class WorkerCore:
                 self._current = assignment
                 self._cond.notify_all()  # room for the intake to fetch the next one
             self._on_change()
-            if assignment.task is not None and self.job_cancelled(assignment.task.job):
+            if assignment.task is not None and self.control.job_cancelled(assignment.task.job):
                 assignment.stop("cancelled")
             elif assignment.failure is None:
                 run_handler(assignment, self.settings.media, self.threads)
@@ -371,23 +333,41 @@ class WorkerCore:
 
     def _finish(self, assignment: Assignment) -> None:
         receipt = assignment.message.receipt
+        queue = self._source(assignment)
         outcome = None
         try:
             if assignment.task is None:
-                self._dead_letter_bad_body(assignment)
+                # No task to report on: keep the body where an operator can read it.
+                self.rejected += 1
+                settle.dead_letter(
+                    assignment, queue, self.index, f"is not a task ({assignment.bad_body})"
+                )
             elif assignment.lease.lost or assignment.cancel_reason == "lease_lost":
                 log.warning("worker %d dropped %s: lease lost", self.index, assignment.label)
+            elif assignment.cancel_reason == "poison":
+                # The manager has failed the task for good: a final failure's message.
+                settle.dead_letter(assignment, queue, self.index, "is poison")
+                self.poisoned += 1
             elif assignment.cancel_reason == "cancelled":
                 # The job is cancelled (durably, in the blob store): the task is dropped for
                 # good, with nothing to report; the manager has already settled its state.
-                self._queue.delete(assignment.message.receipt)
+                queue.delete(assignment.message.receipt)
                 self.cancelled += 1
             elif assignment.cancel_reason in ("paused", "drain") and isinstance(
                 assignment.failure, TaskCancelled
             ):
                 self._give_back([assignment], 0.0)  # stopped, not failed: another run will do
             else:
-                outcome = self._commit(assignment)
+                outcome = settle.commit(
+                    assignment,
+                    queue,
+                    self._completions,
+                    self._blobs,
+                    node=self.node,
+                    worker=self.index,
+                    tasks=self.settings.tasks,
+                )
+                self.bytes_out += assignment.bytes_out
         finally:
             self._held.pop(receipt, None)
             self.leases.release(receipt)
@@ -398,49 +378,9 @@ class WorkerCore:
         elif outcome == "failed":
             self.failed += 1
 
-    def _commit(self, assignment: Assignment) -> str | None:
-        """Store, report and settle a finished run; return "done", "failed" or None."""
-        task = assignment.task
-        assert task is not None
-        if assignment.failure is None:
-            try:
-                steps.store_outputs(assignment, self._blobs)
-                self.bytes_out += assignment.bytes_out
-            except BatchfarmError as error:
-                assignment.failure = TaskError(f"cannot store outputs: {error}")
-        failure = assignment.failure
-        limit = min(task.max_attempts, self._queue.max_receives or task.max_attempts)
-        final = failure is not None and (failure.permanent or assignment.attempt >= limit)
-        if assignment.lease.lost:
-            return None  # another worker has the task now; what it reports counts
-        event = steps.completion(assignment, self.node, self.index, final=final)
-        self._completions.send(encode_body(event))
-        if failure is None:
-            self._queue.delete(assignment.message.receipt)
-            return "done"
-        log.info("worker %d: %s failed (%s): %s", self.index, task.task_id, final, failure)
-        if final:
-            self._queue.dead_letters().send(assignment.message.body)
-            self._queue.delete(assignment.message.receipt)
-        else:
-            tasks = self.settings.tasks
-            base = tasks.retry_backoff if task.retry_backoff_s is None else task.retry_backoff_s
-            delay = retry_delay(assignment.attempt, base, tasks.retry_backoff_max)
-            hand_back(self._queue, [assignment.message.receipt], delay)
-        return "failed"
-
-    def _dead_letter_bad_body(self, assignment: Assignment) -> None:
-        # No task to report on: keep the body where an operator can read it, and count it.
-        self.rejected += 1
-        log.warning(
-            "worker %d: message %s is not a task (%s); moved to %s",
-            self.index,
-            assignment.message.message_id,
-            assignment.bad_body,
-            self._queue.dead_letters().name,
-        )
-        self._queue.dead_letters().send(assignment.message.body)
-        self._queue.delete(assignment.message.receipt)
+    def _source(self, assignment: Assignment) -> TaskQueue:
+        """The (non-polling) object of the task queue the assignment's message came from."""
+        return self._queues.named(assignment.lease.queue)
 
     # -- handing back ---------------------------------------------------------------------------
 
@@ -450,16 +390,17 @@ class WorkerCore:
         return waiting
 
     def _give_back(self, assignments: list[Assignment], delay_s: float) -> None:
-        if not assignments:
-            return
-        receipts = [a.message.receipt for a in assignments]
-        try:
-            hand_back(self._queue, receipts, delay_s)
-        except QueueError as error:
-            # They reappear when their visibility runs out instead: nothing is lost.
-            log.warning(
-                "worker %d could not hand back %d tasks: %s", self.index, len(receipts), error
-            )
+        by_queue: dict[str, list[str]] = {}
+        for assignment in assignments:
+            by_queue.setdefault(assignment.lease.queue, []).append(assignment.message.receipt)
+        for name, receipts in by_queue.items():
+            try:
+                hand_back(self._queues.named(name), receipts, delay_s)
+            except QueueError as error:
+                # They reappear when their visibility runs out instead: nothing is lost.
+                log.warning(
+                    "worker %d could not hand back %d tasks: %s", self.index, len(receipts), error
+                )
         for assignment in assignments:
             self._held.pop(assignment.message.receipt, None)
             self.leases.release(assignment.message.receipt)

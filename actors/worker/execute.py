@@ -17,7 +17,7 @@ from typing import Any
 
 from batchfarm.actors.errors import TaskCancelled, TaskError
 from batchfarm.actors.handlers import TaskContext, resolve
-from batchfarm.actors.settings import MediaSettings
+from batchfarm.actors.settings import MediaSettings, TasksSettings
 from batchfarm.actors.worker.assignment import Assignment
 
 #: How much of a traceback a completion carries.
@@ -64,6 +64,28 @@ def run_handler(assignment: Assignment, media: MediaSettings, threads: int) -> N
         assignment.cpu_s = _cpu_seconds() - cpu_before
     if assignment.failure is None:
         assignment.progress = 1.0
+
+
+def past_time_limit(assignment: Assignment, tasks: TasksSettings, now: float | None = None) -> bool:
+    """Stop a run past its time limit; True once it has ignored a stop for ``cancel_grace``.
+
+    ``tasks`` gives the grid's default limit (for a body without one) and the grace. True
+    means the handler hung: its thread cannot be stopped, so its process must end.
+    """
+    now = time.monotonic() if now is None else now
+    if assignment.run_started is None or assignment.task is None:
+        return False
+    limit = assignment.task.time_limit_s or tasks.time_limit or None
+    running_s = now - assignment.run_started
+    if limit is not None and running_s > limit and not assignment.cancel.is_set():
+        assignment.stop("time_limit")
+        assignment.timings["cancelled_at"] = now
+    cancelled_at = assignment.timings.get("cancelled_at")
+    if assignment.cancel.is_set() and cancelled_at is None:
+        assignment.timings["cancelled_at"] = now
+    elif cancelled_at is not None and now - cancelled_at > tasks.cancel_grace:
+        return True
+    return False
 
 
 def _set_progress(assignment: Assignment, fraction: float) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from batchfarm.actors.backends.queue import MAX_BATCH, TaskQueue
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.errors import QueueError
 
 
@@ -29,6 +30,8 @@ class Lease:
     received_at: float = field(default_factory=time.monotonic)
     #: Set once a renewal was refused; whoever holds the message must let it go.
     lost: bool = False
+    #: The task queue the message came from: its receipt is good only there.
+    queue: str = ""
 
 
 class Leases:
@@ -52,9 +55,9 @@ class Leases:
         """How often to renew: a third of the visibility timeout, so two renewals may fail."""
         return max(self.visibility_s / 3.0, 0.1)
 
-    def hold(self, receipt: str, label: str) -> Lease:
-        """Start holding a message just received."""
-        lease = Lease(receipt, label, self._clock())
+    def hold(self, receipt: str, label: str, queue: str = "") -> Lease:
+        """Start holding a message just received from the task queue named ``queue``."""
+        lease = Lease(receipt, label, self._clock(), queue=queue)
         with self._lock:
             self._held[receipt] = lease
         return lease
@@ -73,14 +76,25 @@ class Leases:
         with self._lock:
             return len(self._held)
 
-    def renew(self, queue: TaskQueue) -> list[Lease]:
+    def renew(self, queues: TaskQueues) -> list[Lease]:
         """Extend every held lease by the visibility timeout; return the leases found lost.
 
-        A queue error (the queue unreachable) loses nothing: the leases are tried again at
-        the next interval, and a third of the timeout leaves room for two failed rounds.
+        Each lease is renewed in the queue its message came from. A queue error (the queue
+        unreachable) loses nothing: the leases are tried again at the next interval, and a
+        third of the timeout leaves room for two failed rounds.
         """
         with self._lock:
             held = list(self._held.values())
+        by_queue: dict[str, list[Lease]] = {}
+        for lease in held:
+            by_queue.setdefault(lease.queue, []).append(lease)
+        lost: list[Lease] = []
+        for name, leases in by_queue.items():
+            lost.extend(self._renew_in(queues.named(name), leases))
+        self.lost += len(lost)
+        return lost
+
+    def _renew_in(self, queue: TaskQueue, held: list[Lease]) -> list[Lease]:
         lost: list[Lease] = []
         for start in range(0, len(held), MAX_BATCH):
             chunk = held[start : start + MAX_BATCH]
@@ -98,7 +112,6 @@ class Leases:
                         lease.lost = True
                         del self._held[lease.receipt]
                         lost.append(lease)
-        self.lost += len(lost)
         return lost
 
 
@@ -113,6 +126,23 @@ def hand_back(queue: TaskQueue, receipts: Sequence[str], delay_s: float = 0.0) -
         result = queue.change_visibility_batch([(receipt, delay_s) for receipt in chunk])
         stale.extend(result.failed)
     return stale
+
+
+def hand_back_anywhere(
+    queues: Iterable[TaskQueue], receipts: Sequence[str], delay_s: float = 0.0
+) -> list[str]:
+    """Hand back messages whose queue is not known: each queue in turn tries the rest.
+
+    A receipt is good only in the queue its message came from (the others report it
+    stale), so this is for holders that kept receipts alone, such as a node releasing a
+    dead worker's messages. Returns the receipts no queue took.
+    """
+    left = list(receipts)
+    for queue in queues:
+        if not left:
+            break
+        left = hand_back(queue, left, delay_s)
+    return left
 
 
 def retry_delay(attempt: int, base_s: float, max_s: float) -> float:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.queue import BatchResult, Outgoing, QueueDepth, Received, TaskQueue
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.backends.store import (
     JobState,
     NewJob,
@@ -43,10 +44,12 @@ class StorePlanner:
 
 def submit_job(
     store: Store,
-    tasks: TaskQueue,
+    tasks: TaskQueues,
     job: str,
     stages: Sequence[NewStage],
     inputs: Sequence[Sequence[str]],
+    *,
+    priority: int = 0,
 ) -> None:
     """Create a job (first stage running, one task per input list) and enqueue stage 0."""
     now = time.time()
@@ -54,12 +57,13 @@ def submit_job(
         NewTask(stages[0].name, p, list(k), TaskState.QUEUED, queued_at=now)
         for p, k in enumerate(inputs)
     ]
-    store.create_job(NewJob(job, stages, state=JobState.RUNNING), first)
+    store.create_job(NewJob(job, stages, priority=priority, state=JobState.RUNNING), first)
     store.set_stage_state(job, stages[0].name, StageState.RUNNING, started_at=now)
     stage = store.stages(job)[0]
     bodies = [StorePlanner().next_task(stage, p, keys) for p, keys in enumerate(inputs)]
+    queue = tasks.for_priority(priority)
     for start in range(0, len(bodies), 10):
-        tasks.send_batch([Outgoing(encode_body(b)) for b in bodies[start : start + 10]])
+        queue.send_batch([Outgoing(encode_body(b)) for b in bodies[start : start + 10]])
 
 
 def drive(
@@ -82,11 +86,12 @@ def drive(
 class InlineWorker:
     """Runs tasks in this process, as a worker would: output blob, completion, delete.
 
-    Each task writes ``jobs/<task id>/out.bin`` holding the SHA-256 of its inputs' bytes.
-    ``fail`` lists task ids whose next run fails for good (once each).
+    It takes from the task queues highest class first. Each task writes
+    ``jobs/<task id>/out.bin`` holding the SHA-256 of its inputs' bytes. ``fail`` lists task
+    ids whose next run fails for good (once each).
     """
 
-    def __init__(self, tasks: TaskQueue, completions: TaskQueue, blobs: BlobStore) -> None:
+    def __init__(self, tasks: TaskQueues, completions: TaskQueue, blobs: BlobStore) -> None:
         self.tasks = tasks
         self.completions = completions
         self.blobs = blobs
@@ -97,14 +102,21 @@ class InlineWorker:
     def __call__(self) -> int:
         """Run every task now visible; returns how many."""
         count = 0
-        while batch := self.tasks.receive(10, 0.0, 60.0):
+        while taken := self._receive():
+            queue, batch = taken
             for message in batch:
                 body = decode_body(message.body, TaskBody)
                 assert isinstance(body, TaskBody)
                 self.completions.send(encode_body(self.run(body, message.receive_count)))
-                self.tasks.delete(message.receipt)
+                queue.delete(message.receipt)
                 count += 1
         return count
+
+    def _receive(self) -> tuple[TaskQueue, list[Received]] | None:
+        for queue in self.tasks.in_order():
+            if batch := queue.receive(10, 0.0, 60.0):
+                return queue, batch
+        return None
 
     def run(self, body: TaskBody, attempt: int = 1) -> Completion:
         self.runs.append(body.task_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchfarm.actors.backends import TASKS, open_blobs, open_queue, open_store
+from batchfarm.actors.backends import open_blobs, open_store, open_task_queues
 from batchfarm.actors.manager.cancel import UnknownJobError, cancel_job
 from batchfarm.actors.manager.spec import parse_spec
 from batchfarm.actors.manager.submit import submit_job
@@ -17,7 +17,7 @@ def backends(tmp_path):
     settings = make_settings(tmp_path / "state")
     store = open_store(settings.store)
     blobs = open_blobs(settings.storage)
-    tasks = open_queue(settings.queue, TASKS)
+    tasks = open_task_queues(settings.queue)
     yield settings, store, blobs, tasks
     tasks.close()
     blobs.close()

@@ -2,71 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from batchfarm.actors.backends import TASKS, open_blobs, open_queue, open_store
+from batchfarm.actors.backends import TASKS, open_blobs, open_queue, open_store, open_task_queues
 from batchfarm.actors.manager.cancel import cancel_job
 from batchfarm.actors.manager.spec import parse_spec
 from batchfarm.actors.manager.submit import submit_job
-from tests.node.nodeproc import BASE_ENV, NodeProcess, env_for
-from tests.ports import free_port
-from tests.worker.grid import make_settings, wait_for
-
-
-class ManagerProcess:
-    """A ``batchfarm manager`` process; killed at the end of the test."""
-
-    def __init__(self, state: Path, env: dict[str, str], log_name: str = "manager") -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFARM_")}
-        environ.update(BASE_ENV)
-        environ.update(env)
-        environ["BATCHFARM_GRID_STATE_DIR"] = str(state)
-        self.log = state.parent / f"{log_name}.log"
-        self._out = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchfarm.actors.cli", "manager"],
-            env=environ,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._out.close()
+from tests.manager.managerproc import ManagerGrid
+from tests.worker.grid import wait_for
 
 
 @pytest.fixture
 def grid(tmp_path):
-    port = free_port()
-    env = env_for(node_manager=f"tcp://127.0.0.1:{port}", node_heartbeat_interval=0.3)
-    state = tmp_path / "state"
-    started: list = []
-
-    def manager(log_name="manager"):
-        process = ManagerProcess(state, env, log_name)
-        started.append(process)
-        return process
-
-    def node(**more):
-        process = NodeProcess(state, "node-g", env={**env, **env_for(**more)})
-        started.append(process)
-        return process
-
-    yield manager, node, make_settings(state)
-    for process in started:
-        process.close()
+    processes = ManagerGrid(tmp_path)
+    yield processes.manager, processes.node, processes.settings
+    processes.close()
 
 
 def two_stage_job(tmp_path: Path, parts: int, seconds: float):
@@ -97,7 +50,7 @@ def two_stage_job(tmp_path: Path, parts: int, seconds: float):
 def submit(settings, spec) -> str:
     store = open_store(settings.store)
     blobs = open_blobs(settings.storage)
-    tasks = open_queue(settings.queue, TASKS)
+    tasks = open_task_queues(settings.queue)
     try:
         return submit_job(spec, store=store, blobs=blobs, tasks=tasks, defaults=settings.tasks)
     finally:

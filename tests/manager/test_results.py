@@ -11,7 +11,8 @@ import hashlib
 import pytest
 import sqlalchemy as sa
 
-from batchfarm.actors.backends import COMPLETIONS, TASKS, open_blobs, open_queue
+from batchfarm.actors.backends import COMPLETIONS, open_blobs, open_queue, open_task_queues
+from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.backends.store import (
     JobState,
     NewStage,
@@ -73,7 +74,7 @@ def grid(store_url, tmp_path):
     engine.dispose()
     settings = make_settings(tmp_path / "state")
     store = Store(store_url, upgrade=False)
-    tasks = open_queue(settings.queue, TASKS)
+    tasks = open_task_queues(settings.queue)
     completions = open_queue(settings.queue, COMPLETIONS)
     blobs = open_blobs(settings.storage)
     worker = InlineWorker(tasks, completions, blobs)
@@ -116,7 +117,7 @@ def test_chain_then_fan_in_with_every_task_counted_once(grid):
 def test_a_duplicate_counts_once_and_a_redelivery_changes_nothing(grid):
     store, tasks, completions, _ = grid
     submit_job(store, tasks, "j2", THREE_STAGES[:2], [[]])
-    [message] = tasks.receive(1)
+    [message] = tasks.for_priority(0).receive(1)
     body = decode_body(message.body, TaskBody)
     out = [OutputRef("jobs/j2/first/0/a", 1)]
     event = encode_body(completion(body, outputs=out))
@@ -130,7 +131,7 @@ def test_a_duplicate_counts_once_and_a_redelivery_changes_nothing(grid):
     task = store.task("j2", "first", 0)
     assert (task.state, task.duplicate_runs, task.worker) == ("succeeded", 1, 0)
     # One next-stage task, sent once.
-    sent = tasks.receive(10)
+    sent = tasks.for_priority(0).receive(10)
     assert [decode_body(m.body, TaskBody).task_id for m in sent] == ["j2/second/0"]
     assert decode_body(sent[0].body, TaskBody).inputs == ["jobs/j2/first/0/a"]
     assert store.task("j2", "second", 0).state == TaskState.QUEUED
@@ -196,7 +197,7 @@ def test_a_final_failure_fails_stage_and_job_and_a_retried_part_completes_them(g
     # What `batchfarm retry` does: the failed part back in the queue, the job running.
     store.set_tasks_state("j5", TaskState.QUEUED, from_states=[TaskState.FAILED])
     store.set_job_state("j5", JobState.RUNNING)
-    tasks.send(encode_body(StorePlanner().next_task(stages[0], 1, ["in/1.bin"])))
+    tasks.for_priority(0).send(encode_body(StorePlanner().next_task(stages[0], 1, ["in/1.bin"])))
     job_done = lambda: store.job("j5").state == JobState.SUCCEEDED  # noqa: E731
     drive(results, job_done, between=worker, what="job j5 to succeed after the retry")
     assert [s.state for s in store.stages("j5")] == ["succeeded"] * 3
@@ -208,8 +209,9 @@ def test_a_manager_killed_mid_step_loses_nothing(grid, after_send):
     store, tasks, completions, worker = grid
     submit_job(store, tasks, "j6", THREE_STAGES, put_inputs(worker.blobs, 4))
     worker()
-    crashing = CrashingQueue(tasks, after_send=after_send)
-    killed = ResultsProcessor(store, crashing, completions, StorePlanner(), visibility_s=0.3)
+    crashing = CrashingQueue(tasks.for_priority(0), after_send=after_send)
+    queues = TaskQueues({0: crashing})
+    killed = ResultsProcessor(store, queues, completions, StorePlanner(), visibility_s=0.3)
     with pytest.raises(SystemExit):
         killed.step(10)
     assert killed.counters.succeeded == 4  # recorded, never deleted
@@ -244,7 +246,7 @@ def node_grid(tmp_path_factory):
     settings = make_settings(state)
     node = NodeProcess(state, "node-r", env=env_for(node_workers=2))
     store = Store(f"sqlite:///{state.parent / 'grid.db'}")
-    tasks = open_queue(settings.queue, TASKS)
+    tasks = open_task_queues(settings.queue)
     completions = open_queue(settings.queue, COMPLETIONS)
     blobs = open_blobs(settings.storage)
     yield store, tasks, completions, blobs

@@ -9,16 +9,14 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from batchfarm.actors.backends import open_blobs
 from batchfarm.supervisor import cpus
 from tests.media import make_clip
-from tests.node.nodeproc import NodeProcess, descendants, env_for, gone
+from tests.node.nodeproc import descendants, env_for, gone
 from tests.worker.grid import (
     Completions,
     completions,
-    make_settings,
     submit,
     task,
     tasks_queue,
@@ -26,25 +24,6 @@ from tests.worker.grid import (
 )
 
 CORES = cpus.available_cpus()
-
-
-@pytest.fixture
-def start_node(tmp_path):
-    nodes: list[NodeProcess] = []
-
-    def start(*args: str, name: str = "node-a", env=None, prefix=()):
-        node = NodeProcess(tmp_path / "state", name, *args, env=env, prefix=prefix)
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.close()
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return make_settings(tmp_path / "state")
 
 
 def depth(settings):

@@ -52,7 +52,7 @@ def test_opening_an_empty_database_creates_the_schema_through_alembic(
         assert store.stage_counts("j")[0].counts == {"pending": 1}
 
     assert table_names(empty_url) == STORE_TABLES | {migrate.VERSION_TABLE}
-    assert migrate.head_revision() == "0001"
+    assert migrate.head_revision() == "0002"
 
 
 def test_upgrade_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
@@ -127,9 +127,9 @@ def test_make_revision_writes_the_next_numbered_migration(tmp_path: Path) -> Non
     directory = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.make_revision("nothing changed", directory=directory)
-    assert path.name == "0002_nothing_changed.py"
+    assert path.name == "0003_nothing_changed.py"
     text = path.read_text()
-    assert "down_revision: str | None = '0001'" in text
+    assert "down_revision: str | None = '0002'" in text
     # The models equal the migrations, so autogenerate finds nothing to do.
     assert "op." not in text
 
@@ -139,3 +139,55 @@ def test_an_in_memory_sqlite_store_works_within_its_thread() -> None:
         assert migrate.current_revision(store.engine) == migrate.head_revision()
         store.create_job(NewJob("j", [NewStage("s", 0, "probe")]), [NewTask("s", 0)])
         assert store.stage_counts("j")[0].counts == {"pending": 1}
+
+
+JSON_COLUMNS = ("spec", "params", "inputs", "outputs")
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return {column["name"] for column in sa.inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_0002_adds_failed_nodes_to_existing_tasks_and_can_be_undone(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0001")
+    assert "failed_nodes" not in _columns(empty_url, "tasks")
+    # A task written at 0001 (by SQL: the store's own writes know the new column).
+    rows = {
+        "jobs": {"id": "old", "name": "", "state": "running", "priority": 0, "spec": {}},
+        "stages": {"job_id": "old", "name": "s", "index": 0, "handler": "noop", "params": {}},
+        "tasks": {"job_id": "old", "stage": "s", "part": 0, "state": "failed", "inputs": []},
+    }
+    rows["jobs"].update(created_at=1.0, updated_at=1.0)
+    rows["stages"].update(node_class="default", mode="chain", state="failed")
+    rows["tasks"].update(outputs=[], attempts=1, duplicate_runs=0, updated_at=1.0)
+    rows["tasks"].update({f"{n}_s": 0.0 for n in ("queue_wait", "fetch", "compute", "upload")})
+    rows["tasks"].update(cpu_s=0.0, bytes_in=0, bytes_out=0)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            for name, row in rows.items():
+                # JSON typed by hand: MariaDB reflects a JSON column as LONGTEXT.
+                columns = [sa.column(k, sa.JSON() if k in JSON_COLUMNS else None) for k in row]
+                connection.execute(sa.insert(sa.table(name, *columns)), row)
+    finally:
+        engine.dispose()
+
+    migrate.upgrade(empty_url)
+    with Store(empty_url) as store:
+        old = store.task("old", "s", 0)
+        assert old is not None
+        assert (old.state, old.failed_nodes) == ("failed", None)
+        store.add_tasks("old", [NewTask("s", 1)])
+        new = store.task("old", "s", 1)
+        assert new is not None
+        assert new.failed_nodes == []
+    migrate.downgrade(empty_url, "0001")
+    assert "failed_nodes" not in _columns(empty_url, "tasks")
+    migrate.upgrade(empty_url)
+    assert migrate.schema_differences(empty_url) == []
+    with Store(empty_url) as store:
+        assert [t.part for t in store.tasks("old")] == [0, 1]

@@ -38,13 +38,18 @@ def task(part: int, handler: str, job: str = "job1", **fields: Any) -> TaskBody:
     return TaskBody(job=job, stage="s1", part=part, handler=name, enqueued_at=time.time(), **fields)
 
 
-def submit(settings: Settings, *tasks: TaskBody, inputs: dict[str, bytes] | None = None) -> None:
-    """Store ``inputs`` in the blob store and send the task bodies."""
+def submit(
+    settings: Settings,
+    *tasks: TaskBody,
+    inputs: dict[str, bytes] | None = None,
+    queue_name: str = TASKS,
+) -> None:
+    """Store ``inputs`` in the blob store and send the task bodies (to ``queue_name``)."""
     blobs = open_blobs(settings.storage)
     for key, data in (inputs or {}).items():
         blobs.put(key, data)
     blobs.close()
-    with open_queue(settings.queue, TASKS) as queue:
+    with open_queue(settings.queue, queue_name) as queue:
         for start in range(0, len(tasks), 10):
             queue.send_batch([Outgoing(encode_body(t)) for t in tasks[start : start + 10]])
 

@@ -51,3 +51,24 @@ def buggy(ctx: TaskContext) -> None:
 def crash(ctx: TaskContext) -> None:
     """Kill the worker process outright."""
     os._exit(9)
+
+
+#: Set to "1" in a node's environment to make :func:`flaky` fail every run on that node.
+BAD_NODE_ENV = "BATCHFARM_TEST_BAD_NODE"
+
+
+def flaky(ctx: TaskContext) -> dict[str, Any]:
+    """Take ``seconds``, then write ``part.txt``, unless this run fails (transiently).
+
+    It fails on a node whose environment sets :data:`BAD_NODE_ENV` to 1, and for the parts
+    in ``fail_parts`` while the file ``marker`` exists (the cause a test then removes).
+    """
+    part = ctx.task.part
+    time.sleep(float(ctx.params.get("seconds", 0.0)))
+    if os.environ.get(BAD_NODE_ENV) == "1":
+        raise TaskError(f"part {part}: this node's scratch disk is bad")
+    marker = ctx.params.get("marker")
+    if marker and part in ctx.params.get("fail_parts", []) and os.path.exists(marker):
+        raise TaskError(f"part {part}: {marker} is in the way")
+    (ctx.output_dir / "part.txt").write_text(f"{part}\n")
+    return {"part": part}

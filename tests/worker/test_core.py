@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
-
-import pytest
 
 from batchfarm.actors.backends import open_blobs
 from batchfarm.actors.messages import cancel_marker
-from batchfarm.actors.worker.core import WorkerCore
 from tests.worker.grid import (
-    Ticker,
     completions,
     make_settings,
     submit,
@@ -19,36 +14,6 @@ from tests.worker.grid import (
     tasks_queue,
     wait_for,
 )
-
-
-@pytest.fixture
-def start_core(tmp_path):
-    """Start a WorkerCore with the loop's timers played by a Ticker; closed at the end."""
-    started = []
-
-    def start(settings, index=0):
-        drained = threading.Event()
-        core = WorkerCore(
-            settings,
-            index,
-            "node-t",
-            threads=1,
-            scratch_root=tmp_path / f"scratch-{index}",
-            on_drained=drained.set,
-        )
-        core.drained = drained
-        core.start()
-        ticker = Ticker()
-        ticker.every(core.leases.interval_s, core.renew_leases)
-        ticker.every(0.05, core.enforce_limits)
-        ticker.every(0.2, core.check_cancelled)
-        started.append((core, ticker))
-        return core
-
-    yield start
-    for core, ticker in started:
-        ticker.close()
-        core.close()
 
 
 def backlog(settings):

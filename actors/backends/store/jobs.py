@@ -37,8 +37,12 @@ _KEPT_UNLESS_GIVEN = {
     "attempts": "attempts",
     "queued_at": "queued_at",
     "started_at": "started_at",
+    "failed_nodes": "failed_nodes",
 }
-_RUN_STATE = ("state", "attempts", "node_id", "worker", "started_at", "duplicate_runs")
+_RUN_STATE = (
+    *("state", "attempts", "node_id", "worker", "started_at", "duplicate_runs"),
+    "failed_nodes",
+)
 
 
 class JobWrites(StoreBase):
@@ -111,7 +115,7 @@ class JobWrites(StoreBase):
                     for column, field in _KEPT_UNLESS_GIVEN.items():
                         value = getattr(update, field)
                         if value is not None:
-                            row[column] = value
+                            row[column] = list(value) if column == "failed_nodes" else value
                     row["updated_at"] = now
                     rows[key] = row
                 update_rows(connection, TASKS, [_with_key(k, r) for k, r in rows.items()])
@@ -179,13 +183,17 @@ class JobWrites(StoreBase):
         *,
         started_at: float | None = None,
         finished_at: float | None = None,
+        reopen: bool = False,
     ) -> bool:
-        """Set a job's state and reason (and start or finish time if given); False if unknown."""
+        """Set a job's state and reason (and start or finish time if given); False if unknown.
+
+        ``reopen`` clears the finish time: the job runs again (a retry).
+        """
         values: dict[str, Any] = {"state": str(state), "reason": clip(reason)}
         values["updated_at"] = time.time()
         if started_at is not None:
             values["started_at"] = started_at
-        if finished_at is not None:
+        if finished_at is not None or reopen:
             values["finished_at"] = finished_at
         with self._writing(f"set job {job_id!r} {state}") as connection:
             query = sa.update(JOBS).where(JOBS.c.id == job_id).values(values)
@@ -200,12 +208,16 @@ class JobWrites(StoreBase):
         *,
         started_at: float | None = None,
         finished_at: float | None = None,
+        reopen: bool = False,
     ) -> bool:
-        """Set a stage's state and reason (and start or finish time); False if unknown."""
+        """Set a stage's state and reason (and start or finish time); False if unknown.
+
+        ``reopen`` clears the finish time: the stage runs again (a retry).
+        """
         values: dict[str, Any] = {"state": str(state), "reason": clip(reason)}
         if started_at is not None:
             values["started_at"] = started_at
-        if finished_at is not None:
+        if finished_at is not None or reopen:
             values["finished_at"] = finished_at
         query = (
             sa.update(STAGES)
@@ -308,6 +320,7 @@ def _task_row(
         "node_id": None,
         "worker": None,
         "error": None,
+        "failed_nodes": [],
         "queued_at": task.queued_at,
         "started_at": None,
         "finished_at": None,

@@ -203,6 +203,9 @@ class Task(Base):
     worker: Mapped[int | None] = mapped_column(sa.Integer)
     #: The latest failure (type, message, stderr tail, permanent), or None.
     error: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    #: The nodes its runs failed on, each once, oldest first (a task that failed on two
+    #: nodes is poison); NULL in rows older than the column.
+    failed_nodes: Mapped[list[str] | None] = mapped_column(NullableJSON)
     queued_at: Mapped[float | None] = mapped_column(sa.Double)
     started_at: Mapped[float | None] = mapped_column(sa.Double)
     finished_at: Mapped[float | None] = mapped_column(sa.Double)

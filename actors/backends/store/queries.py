@@ -7,6 +7,7 @@ Every read runs in its own short transaction and returns frozen ``*View`` record
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -175,6 +176,105 @@ class Queries(StoreBase):
         with self._reading("read scaling events") as connection:
             rows = connection.execute(query.limit(limit)).all()
         return [ScalingEventView(**row._mapping) for row in rows]
+
+    # -- totals over the whole grid (for the API's lists and /metrics) ------------------------
+
+    def stage_counts_of(self, job_ids: Iterable[str]) -> dict[str, list[StageCounts]]:
+        """:meth:`stage_counts` of many jobs at once (two statements), by job id."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        c = TASKS.c
+        query = (
+            sa.select(
+                c.job_id,
+                c.stage,
+                c.state,
+                sa.func.count().label("n"),
+                sa.func.sum(c.cpu_s).label("cpu_s"),
+                sa.func.sum(c.compute_s).label("compute_s"),
+                sa.func.sum(c.bytes_in).label("bytes_in"),
+                sa.func.sum(c.bytes_out).label("bytes_out"),
+                sa.func.sum(c.duplicate_runs).label("duplicate_runs"),
+                sa.func.min(c.started_at).label("first_started_at"),
+                sa.func.max(c.finished_at).label("last_finished_at"),
+            )
+            .where(c.job_id.in_(ids))
+            .group_by(c.job_id, c.stage, c.state)
+        )
+        stage_query = (
+            sa.select(STAGES)
+            .where(STAGES.c.job_id.in_(ids))
+            .order_by(STAGES.c.job_id, STAGES.c.index)
+        )
+        with self._reading(f"count tasks of {len(ids)} jobs") as connection:
+            stage_rows = connection.execute(stage_query).all()
+            groups = connection.execute(query).all()
+        by_stage: dict[tuple[str, str], list[Any]] = {}
+        for group in groups:
+            by_stage.setdefault((group.job_id, group.stage), []).append(group)
+        out: dict[str, list[StageCounts]] = {job_id: [] for job_id in ids}
+        for row in stage_rows:
+            stage = StageView(**row._mapping)
+            groups_of = by_stage.get((stage.job_id, stage.name), [])
+            out[stage.job_id].append(_stage_counts(stage, groups_of))
+        return out
+
+    def count_jobs(self) -> dict[str, int]:
+        """Jobs per state (states without jobs are absent)."""
+        query = sa.select(JOBS.c.state, sa.func.count()).group_by(JOBS.c.state)
+        with self._reading("count jobs") as connection:
+            return {state: int(n) for state, n in connection.execute(query).all()}
+
+    def count_tasks(self) -> dict[str, int]:
+        """Tasks of every job per state (states without tasks are absent)."""
+        query = sa.select(TASKS.c.state, sa.func.count()).group_by(TASKS.c.state)
+        with self._reading("count tasks") as connection:
+            return {state: int(n) for state, n in connection.execute(query).all()}
+
+    def duplicate_runs(self) -> int:
+        """Re-runs of succeeded tasks over every task the store holds."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(TASKS.c.duplicate_runs), 0))
+        with self._reading("sum duplicate runs") as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def count_waiting(self, states: Iterable[str]) -> list[WaitingCount]:
+        """Tasks in ``states`` counted by what they wait on: their job's state, stage, class."""
+        query = (
+            sa.select(
+                JOBS.c.state.label("job_state"),
+                STAGES.c.index.label("stage_index"),
+                STAGES.c.node_class,
+                TASKS.c.state,
+                sa.func.count().label("n"),
+            )
+            .select_from(
+                TASKS.join(
+                    STAGES,
+                    sa.and_(STAGES.c.job_id == TASKS.c.job_id, STAGES.c.name == TASKS.c.stage),
+                ).join(JOBS, JOBS.c.id == TASKS.c.job_id)
+            )
+            .where(TASKS.c.state.in_(list(states)))
+            .group_by(JOBS.c.state, STAGES.c.index, STAGES.c.node_class, TASKS.c.state)
+        )
+        with self._reading("count waiting tasks") as connection:
+            rows = connection.execute(query).all()
+        return [
+            WaitingCount(row.job_state, int(row.stage_index), row.node_class, row.state, int(row.n))
+            for row in rows
+        ]
+
+
+@dataclass(frozen=True)
+class WaitingCount:
+    """How many tasks in one state wait in stages of one position and node class."""
+
+    job_state: str
+    #: The stage's position in its job (0 for the first stage).
+    stage_index: int
+    node_class: str
+    state: str
+    count: int
 
 
 def _stage_counts(stage: StageView, groups: list[Any]) -> StageCounts:

@@ -87,6 +87,8 @@ class TaskUpdate:
     attempts: int | None = None
     queued_at: float | None = None
     started_at: float | None = None
+    #: The nodes its runs failed on (``[]`` forgets them, as a retry of the job does).
+    failed_nodes: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ class TaskRun:
     cpu_s: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Why the task ends up in its state, when the manager has more to say than the error
+    #: (``poison: failed on nodes a and b``); stored as the task's reason.
+    reason: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -274,6 +279,8 @@ class TaskView:
     node_id: str | None
     worker: int | None
     error: dict[str, Any] | None
+    #: The nodes its runs failed on, each once (None in rows older than the column).
+    failed_nodes: list[str] | None
     queued_at: float | None
     started_at: float | None
     finished_at: float | None

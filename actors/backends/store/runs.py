@@ -12,7 +12,8 @@ applied in the order the runs arrive:
 4. A successful run makes the task succeeded, with the run's outputs, node and timings.
 5. A failed run makes the task failed (``final``) or retrying, with its error; a non-final
    failure that is not newer than a task's final failure is ignored, and a failure already
-   recorded is a redelivery.
+   recorded is a redelivery. The run's node joins the task's ``failed_nodes`` (each node
+   once), which the manager reads to tell a poison input from a bad node.
 
 :func:`plan` applies the rules to the tasks' stored state and says what to write.
 """
@@ -23,11 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchfarm.actors.backends.store.base import clip
 from batchfarm.actors.backends.store.models import TaskState
 from batchfarm.actors.backends.store.records import RunsApplied, TaskRun, task_id
 
 #: A task's primary key: job, stage, part.
 Key = tuple[str, str, int]
+#: Most nodes a task's ``failed_nodes`` lists (two already make it poison).
+MAX_FAILED_NODES = 16
 
 
 @dataclass
@@ -40,6 +44,8 @@ class Stored:
     worker: int | None
     started_at: float | None
     duplicate_runs: int
+    #: Nodes the task's runs failed on (None in rows older than the column).
+    failed_nodes: list[str] | None = None
 
     def same_run(self, run: TaskRun) -> bool:
         """True if ``run`` is the run this row already records."""
@@ -105,11 +111,15 @@ def plan(runs: Sequence[TaskRun], stored: dict[Key, Stored], now: float) -> Plan
 
 def _apply(result: Plan, key: Key, row: Stored, run: TaskRun, *, state: str, now: float) -> None:
     attempts = max(row.attempts, run.attempt)
+    failed_nodes = list(row.failed_nodes or [])
+    if not run.ok and run.node not in failed_nodes and len(failed_nodes) < MAX_FAILED_NODES:
+        failed_nodes.append(run.node)
     result.updates[key] = {
         "state": state,
-        "reason": None,
+        "reason": clip(run.reason),
         "outputs": run.outputs if run.ok else [],
         "error": None if run.ok else run.error,
+        "failed_nodes": failed_nodes,
         "attempts": attempts,
         "node_id": run.node,
         "worker": run.worker,
@@ -130,3 +140,4 @@ def _apply(result: Plan, key: Key, row: Stored, run: TaskRun, *, state: str, now
     row.node_id = run.node
     row.worker = run.worker
     row.started_at = run.started_at
+    row.failed_nodes = failed_nodes

@@ -1,0 +1,1 @@
+"""Tests of the manager's HTTP API, against a real uvicorn server."""
