@@ -15,12 +15,14 @@ from batchfarm.actors.backends.store import (
     NewJob,
     NewStage,
     NewTask,
+    NodeBeat,
     RunsApplied,
     StageMode,
     Store,
     TaskRun,
     TaskState,
     TaskUpdate,
+    WorkerBeat,
     task_id,
 )
 from batchfarm.actors.errors import StoreError
@@ -376,3 +378,21 @@ def test_unicode_in_names_and_json_survives(store: Store) -> None:
     assert task.node_id == "nœud-1"
     assert task.error == {"type": "Erreur", "message": "échec: fichier « 🎥 » illisible"}
     assert task.task_id == task_id("unicode-job", "étape", 0)
+
+
+def test_heartbeats_mark_waiting_tasks_running_and_never_finished_ones(store: Store) -> None:
+    store.create_job(two_stage_job(), [NewTask("encode", part) for part in range(3)])
+    store.set_tasks_state("job-1", TaskState.QUEUED, from_states=[TaskState.PENDING])
+    store.record_runs([run(0)])  # part 0 already done when a late heartbeat names it
+    crew = [WorkerBeat(i, pid=100 + i, state="busy", task=f"job-1/encode/{i}") for i in range(2)]
+    crew.append(WorkerBeat(2, pid=102, state="busy", task="message 7f3a"))  # not a task
+    store.record_heartbeats([NodeBeat("node-b", 150.0, "up", workers=crew)])
+    tasks = {t.part: t for t in store.tasks("job-1")}
+    assert (tasks[0].state, tasks[0].node_id) == ("succeeded", "node-a")
+    assert (tasks[1].state, tasks[1].node_id, tasks[1].worker) == ("running", "node-b", 1)
+    assert tasks[1].started_at == 150.0
+    assert tasks[2].state == "queued"
+    store.record_runs([run(1, node="node-b", worker=1)])
+    done = store.task("job-1", "encode", 1)
+    assert done is not None
+    assert done.state == "succeeded"

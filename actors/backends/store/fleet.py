@@ -14,8 +14,10 @@ from batchfarm.actors.backends.store.models import (
     NODES,
     SAMPLES,
     SCALING_EVENTS,
+    TASKS,
     WORKERS,
     NodeState,
+    TaskState,
 )
 from batchfarm.actors.backends.store.records import NewSample, NewScalingEvent, NodeBeat
 from batchfarm.actors.errors import StoreError
@@ -42,7 +44,9 @@ class FleetWrites(StoreBase):
         """Upsert nodes and their workers from heartbeats, ``batch_size`` beats a transaction.
 
         Within a batch the latest beat of each node wins. A node that comes back after being
-        marked lost is up again; workers it no longer reports are removed.
+        marked lost is up again; workers it no longer reports are removed. A queued or
+        retrying task a worker reports running is marked running, with its node and worker
+        (its completion, recorded later, wins over this).
         """
         for batch in self._batches(beats):
             latest: dict[str, NodeBeat] = {}
@@ -62,10 +66,13 @@ class FleetWrites(StoreBase):
             gone = sa.delete(WORKERS).where(
                 WORKERS.c.node_id.in_(list(latest)), WORKERS.c.updated_at < node_time
             )
+            running = [row for beat in latest.values() for row in _running_rows(beat)]
             with self._writing("record heartbeats") as connection:
                 upsert(connection, NODES, node_rows, _NODE_UPDATE)
                 upsert(connection, WORKERS, worker_rows, _WORKER_UPDATE)
                 connection.execute(gone)
+                if running:
+                    connection.execute(_MARK_RUNNING, running)
 
     def mark_nodes_lost(self, before: float, reason: str = "missed heartbeats") -> list[str]:
         """Mark nodes silent since before ``before`` lost; returns the newly lost nodes' ids.
@@ -172,6 +179,48 @@ def _node_row(beat: NodeBeat) -> dict[str, Any]:
         "rss_bytes": beat.rss_bytes,
         "workers": len({worker.index for worker in beat.workers}),
     }
+
+
+# Only waiting tasks become running: a heartbeat sent before a completion that is already
+# recorded must not turn a finished task back.
+_MARK_RUNNING = (
+    sa.update(TASKS)
+    .where(
+        TASKS.c.job_id == sa.bindparam("k_job"),
+        TASKS.c.stage == sa.bindparam("k_stage"),
+        TASKS.c.part == sa.bindparam("k_part"),
+        # Not IN (...): an expanding parameter cannot go with executemany.
+        sa.or_(TASKS.c.state == TaskState.QUEUED, TASKS.c.state == TaskState.RETRYING),
+    )
+    .values(
+        state=TaskState.RUNNING,
+        reason=None,
+        node_id=sa.bindparam("k_node"),
+        worker=sa.bindparam("k_worker"),
+        started_at=sa.bindparam("k_at"),
+        updated_at=sa.bindparam("k_at"),
+    )
+)
+
+
+def _running_rows(beat: NodeBeat) -> list[dict[str, Any]]:
+    """Parameters of :data:`_MARK_RUNNING` for the tasks ``beat``'s workers report running."""
+    rows = []
+    for worker in beat.workers:
+        job, _, rest = (worker.task or "").partition("/")
+        stage, _, part = rest.rpartition("/")
+        if job and stage and part.isdigit():
+            rows.append(
+                {
+                    "k_job": job,
+                    "k_stage": stage,
+                    "k_part": int(part),
+                    "k_node": beat.node,
+                    "k_worker": worker.index,
+                    "k_at": beat.time,
+                }
+            )
+    return rows
 
 
 def _worker_rows(beat: NodeBeat) -> list[dict[str, Any]]:
