@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 
 import psutil
 from grid_runs import run_grid
-from node_runs import BenchError, ClipSpec, Run, make_clips, run_xargs
+from node_runs import BenchError, ClipSpec, Run, make_clips, run_xargs, warn_if_busy
 from peers_s3 import MotoServer, run_celery
 
 from batchfarm.actors.handlers.ffmpeg import find_ffmpeg
@@ -43,7 +42,6 @@ SIDES = ("xargs", "grid", "celery")
 #: Per set: the least grid/xargs, and whether the grid must beat Celery.
 TARGETS = {"long": (0.97, False), "short": (0.9, True)}
 CORES = psutil.cpu_count() or 1
-QUIET_LOAD = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,9 +107,7 @@ def main() -> None:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every set and side for every round; print the progress and the table."""
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > QUIET_LOAD:
-        print(f"warning: load average {load:.2f} at the start: the machine is not quiet")
+    load = warn_if_busy()
     ffmpeg = find_ffmpeg(MediaSettings())
     options = TranscodeOptions(args.to_height, args.crf, args.preset, args.audio_bitrate)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from grid_procs import Grid, check_all_once
-from node_runs import PARALLEL, RUN_TIMEOUT_S, BenchError, CpuMeter, Run, mp4_problem
+from node_runs import (
+    PARALLEL,
+    RUN_TIMEOUT_S,
+    BenchError,
+    CpuMeter,
+    Run,
+    mp4_problem,
+)
 
 from batchfarm.actors.handlers.transcode import TranscodeOptions
 from batchfarm.actors.manager.spec import parse_spec

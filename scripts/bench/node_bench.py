@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import multiprocessing as mp
-import os
 import re
 import statistics
 import sys
@@ -43,6 +42,8 @@ from node_runs import (
     run_noop_node,
     run_queue_floor,
     run_xargs,
+    stats,
+    warn_if_busy,
 )
 
 from batchfarm.actors.handlers.ffmpeg import find_ffmpeg
@@ -52,8 +53,6 @@ from batchfarm.actors.settings import MediaSettings
 
 TARGET_NODE_VS_XARGS = 0.97
 CORES = psutil.cpu_count() or 1
-#: A 1-minute load average above this at the start means the machine is not quiet.
-QUIET_LOAD = 0.5
 
 
 def _even(low: int, high: int) -> Any:
@@ -123,9 +122,7 @@ def main() -> None:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement, print the progress and the table; return the figures."""
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > QUIET_LOAD:
-        print(f"warning: load average {load:.2f} at the start: the machine is not quiet")
+    load = warn_if_busy()
     ffmpeg = find_ffmpeg(MediaSettings())
     spec = ClipSpec(args.clips, args.seconds, args.width, args.height, args.fps)
     options = TranscodeOptions(args.to_height, args.crf, args.preset, args.audio_bitrate)
@@ -177,26 +174,14 @@ def profile(run: Run) -> dict[str, Any]:
         "start_to_first_task_s": round(min(first.values()), 3),
         "start_to_first_task_per_worker_s": {str(w): round(s, 3) for w, s in first.items()},
         "tasks_per_worker": {str(w): len(runs) for w, runs in by_worker.items()},
-        "fetch_s": _stats([e.timings.fetch_s for e in run.events]),
-        "compute_s": _stats([e.timings.compute_s for e in run.events]),
-        "upload_s": _stats([e.timings.upload_s for e in run.events]),
-        "gap_between_tasks_s": _stats(gaps),
+        "fetch_s": stats([e.timings.fetch_s for e in run.events]),
+        "compute_s": stats([e.timings.compute_s for e in run.events]),
+        "upload_s": stats([e.timings.upload_s for e in run.events]),
+        "gap_between_tasks_s": stats(gaps),
         "worker_idle_at_end_s": round(sum(end - t for t in ends.values()), 3),
         "last_finished_to_seen_s": round(end - max(ends.values()), 3),
         "handler_busy_share": round(compute / (PARALLEL * run.wall_s), 4),
         "task_cpu_s_total": round(sum(e.cpu_s for e in run.events), 2),
-    }
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "min": round(min(values), 3),
-        "median": round(statistics.median(values), 3),
-        "max": round(max(values), 3),
-        "sum": round(sum(values), 3),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +36,31 @@ BATCH = 10
 PARALLEL = 2
 #: Seconds a run may take before the benchmark gives up on it.
 RUN_TIMEOUT_S = 900.0
+
+
+#: A 1-minute load average above this at the start means the machine is not quiet.
+QUIET_LOAD = 0.5
+
+
+def warn_if_busy() -> float:
+    """Return the load average, saying so when the machine is not quiet (figures vary more)."""
+    load = os.getloadavg()[0]
+    if load > QUIET_LOAD:
+        print(f"warning: load average {load:.2f} at the start: the machine is not quiet")
+    return load
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Count, min, median, max and sum of ``values``, rounded to milliseconds."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "min": round(min(values), 3),
+        "median": round(statistics.median(values), 3),
+        "max": round(max(values), 3),
+        "sum": round(sum(values), 3),
+    }
 
 
 class BenchError(Exception):

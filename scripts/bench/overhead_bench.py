@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from grid_procs import Grid, check_all_once, noop_spec
-from node_runs import RUN_TIMEOUT_S, BenchError
+from node_runs import RUN_TIMEOUT_S, BenchError, warn_if_busy
 from overhead_profile import run_phases
 from peers_run import CONFIGS, PEERS, PeerRun, run_peer
 
 SYSTEMS = ("batchfarm", *PEERS)
-QUIET_LOAD = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,9 +133,7 @@ def run_batchfarm(count: int, work: Path, prefetch: int) -> tuple[PeerRun, dict[
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every system for every round, then the profile; print the table."""
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > QUIET_LOAD:
-        print(f"warning: load average {load:.2f} at the start: the machine is not quiet")
+    load = warn_if_busy()
     args.results.mkdir(parents=True, exist_ok=True)
     options = {
         "celery_prefetch": args.celery_prefetch,

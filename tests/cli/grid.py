@@ -14,7 +14,7 @@ import psutil
 from batchfarm.actors.backends import open_blobs
 from batchfarm.actors.cli.client import ApiClient
 from batchfarm.actors.settings import Settings, load
-from tests.node.nodeproc import BASE_ENV
+from tests.node.nodeproc import BASE_ENV, kill_tree
 from tests.ports import free_port
 from tests.worker.grid import wait_for
 
@@ -126,15 +126,7 @@ class UpProcess:
             raise AssertionError(f"up did not exit in {timeout} s:\n{self.stderr()}") from None
 
     def close(self) -> None:
-        try:
-            tree = [self.ps, *self.ps.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for process in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        if self.proc.poll() is None:
-            self.proc.wait(10)
+        kill_tree(self.ps, self.proc)
         self._out.close()
         self._err.close()
 

@@ -85,16 +85,21 @@ class NodeProcess:
 
     def close(self) -> None:
         """Kill the node and everything under it (a failed test must not leave strays)."""
-        try:
-            tree = [self.ps, *self.ps.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for process in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        if self.proc.poll() is None:
-            self.proc.wait(10)
+        kill_tree(self.ps, self.proc)
         self._log_file.close()
+
+
+def kill_tree(ps: psutil.Process, proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``ps`` and every process under it, and reap ``proc`` (the same process)."""
+    try:
+        tree = [ps, *ps.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if proc.poll() is None:
+        proc.wait(10)
 
 
 def gone(pids: list[int]) -> bool:

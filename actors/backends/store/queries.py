@@ -61,34 +61,7 @@ class Queries(StoreBase):
 
     def stage_counts(self, job_id: str) -> list[StageCounts]:
         """Each stage of a job with its tasks counted by state and summed up, in order."""
-        c = TASKS.c
-        query = (
-            sa.select(
-                c.stage,
-                c.state,
-                sa.func.count().label("n"),
-                sa.func.sum(c.cpu_s).label("cpu_s"),
-                sa.func.sum(c.compute_s).label("compute_s"),
-                sa.func.sum(c.bytes_in).label("bytes_in"),
-                sa.func.sum(c.bytes_out).label("bytes_out"),
-                sa.func.sum(c.duplicate_runs).label("duplicate_runs"),
-                sa.func.min(c.started_at).label("first_started_at"),
-                sa.func.max(c.finished_at).label("last_finished_at"),
-            )
-            .where(c.job_id == job_id)
-            .group_by(c.stage, c.state)
-        )
-        stage_query = sa.select(STAGES).where(STAGES.c.job_id == job_id).order_by(STAGES.c.index)
-        with self._reading(f"count tasks of job {job_id!r}") as connection:
-            stage_rows = connection.execute(stage_query).all()
-            groups = connection.execute(query).all()
-        by_stage: dict[str, list[Any]] = {}
-        for group in groups:
-            by_stage.setdefault(group.stage, []).append(group)
-        return [
-            _stage_counts(StageView(**row._mapping), by_stage.get(row.name, []))
-            for row in stage_rows
-        ]
+        return self.stage_counts_of([job_id])[job_id]
 
     def task(self, job_id: str, stage: str, part: int) -> TaskView | None:
         """One task, or None if the store does not know it."""
@@ -180,7 +153,10 @@ class Queries(StoreBase):
     # -- totals over the whole grid (for the API's lists and /metrics) ------------------------
 
     def stage_counts_of(self, job_ids: Iterable[str]) -> dict[str, list[StageCounts]]:
-        """:meth:`stage_counts` of many jobs at once (two statements), by job id."""
+        """Each job's stages with their tasks counted and summed, in order, by job id.
+
+        Two statements for any number of jobs (the API's job list counts a page at once).
+        """
         ids = sorted(set(job_ids))
         if not ids:
             return {}
