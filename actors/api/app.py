@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from batchfarm.actors.api import jobs, nodes
+from batchfarm.actors.api import jobs, nodes, page
 from batchfarm.actors.api.auth import BearerAuth
 from batchfarm.actors.api.metrics import ApiMetrics
 from batchfarm.actors.api.openapi import document
@@ -176,7 +176,8 @@ def create_app(api: ApiContext, metrics_: ApiMetrics) -> Starlette:
     """The API over ``api`` (the store, blob store, queues and settings) and its metrics."""
     settings = api.settings.api
     app = Starlette(
-        routes=routes(),
+        # The web page is not part of the JSON API (nor of its OpenAPI document).
+        routes=[*routes(), *page.routes()],
         middleware=[
             Middleware(BearerAuth, token=settings.token, read_token=settings.read_token),
             Middleware(BodyLimit, max_bytes=settings.max_request_bytes),

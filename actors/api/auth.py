@@ -5,6 +5,9 @@ With ``[api] token`` set, every request (``/metrics`` and ``/openapi.json`` too)
 token, the API is open, which is safe only because it then listens on loopback: the manager
 refuses to start otherwise (:func:`check_exposure`), and requests from any other address
 are refused here as well. Tokens are compared in constant time and never logged.
+
+The web page's files (``/`` and ``/ui/...``, see :mod:`batchfarm.actors.api.page`) need no
+token: they hold no data, and the page sends the token with each API call it makes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from batchfarm.actors.settings import ApiSettings
 
 #: Methods the read token may use.
 READ_METHODS = frozenset({"GET", "HEAD"})
+#: The web page's paths, which anyone who can connect may read.
+PAGE_PATHS = ("/", "/ui")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -70,7 +75,7 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        problem = self._problem(scope)
+        problem = None if _is_page(scope) else self._problem(scope)
         if problem is None:
             await self.app(scope, receive, send)
             return
@@ -94,6 +99,13 @@ class BearerAuth:
                 return None
             return 403, "the read token may only read (GET, HEAD): this request needs the token"
         return 401, "wrong bearer token: expected [api] token or [api] read_token"
+
+
+def _is_page(scope: Scope) -> bool:
+    """True for a read of the web page's files (no data in them)."""
+    path = str(scope["path"])
+    page = path in PAGE_PATHS or path.startswith("/ui/")
+    return page and scope["method"] in READ_METHODS
 
 
 def _bearer(scope: Scope) -> bytes | None:

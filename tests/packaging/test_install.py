@@ -84,10 +84,10 @@ def test_batchfarm_and_supervisord_install_into_one_venv(tmp_path):
     }
     installed = {name.removeprefix("batchfarm.") for name in listed}
     assert sources <= installed
-    # Package data: the PEP 561 markers and Alembic's revision template.
+    # Package data: the PEP 561 markers, Alembic's revision template and the web page.
     where = "import batchfarm.actors as a; print(a.__path__[0])"
     actors_dir = Path(run(python, "-c", where, cwd=tmp_path).strip())
-    for data in ("py.typed", "backends/store/migrations/script.py.mako"):
+    for data in ("py.typed", "backends/store/migrations/script.py.mako", "api/static/index.html"):
         assert (actors_dir / data).is_file(), data
 
     # The one console script works, with the shipped config.
