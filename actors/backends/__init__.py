@@ -59,6 +59,17 @@ def open_queue(settings: QueueSettings, name: str) -> TaskQueue:
         path = Path(unquote(parts.path))
         _make_folder(path.parent, settings.url)
         return LocalQueue(path, name, max_receives=settings.max_receives)
+    if parts.scheme == "sqs":
+        # Imported here: an embedded grid never loads boto3.
+        from batchfarm.actors.backends.queue.sqs import SqsQueue  # noqa: PLC0415
+
+        return SqsQueue(
+            parts.netloc,
+            name,
+            max_receives=settings.max_receives,
+            region=settings.region,
+            endpoint_url=settings.endpoint_url,
+        )
     raise BackendError(f"queue URL {settings.url!r}: no {parts.scheme}:// backend in this release")
 
 
@@ -69,6 +80,11 @@ def open_blobs(settings: StorageSettings) -> BlobStore:
         root = Path(unquote(parts.path))
         _make_folder(root, settings.url)
         return LocalBlobStore(root, chunk_size=settings.chunk_size)
+    if parts.scheme == "s3":
+        # Imported here: an embedded grid never loads boto3.
+        from batchfarm.actors.backends.blobs.s3 import S3BlobStore  # noqa: PLC0415
+
+        return S3BlobStore(settings)
     raise BackendError(
         f"storage URL {settings.url!r}: no {parts.scheme}:// backend in this release"
     )
@@ -86,7 +102,7 @@ def open_store(settings: StoreSettings) -> Store:
         database = make_url(settings.url).database
         if database and database != ":memory:" and not database.startswith("file:"):
             _make_folder(Path(database).parent, settings.url)
-    return Store(settings.url, batch_size=settings.batch_size)
+    return Store(settings.url, batch_size=settings.batch_size, connect=settings)
 
 
 def _make_folder(folder: Path, url: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -64,10 +65,21 @@ def _masked(settings: Settings) -> dict[str, dict[str, Any]]:
         out[section.name] = {
             f.name: MASK
             if f.metadata.get("secret") and getattr(values, f.name)
-            else getattr(values, f.name)
+            else _without_password(getattr(values, f.name))
             for f in dataclasses.fields(values)
         }
     return out
+
+
+def _without_password(value: Any) -> Any:
+    """``value`` with the password of a URL in it masked (``[store] url`` may carry one)."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
 
 
 def _toml(value: Any) -> str:

@@ -37,7 +37,9 @@ _REFUSED = (400, 413, 422)
 @click.argument("args", nargs=-1, metavar="SPEC | INPUTS...")
 @click.option("--handler", help="Submit a one-stage job running this handler over INPUTS.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A handler param.")
-@click.option("--key", "keys", multiple=True, help="An input already in the blob store.")
+@click.option(
+    "--key", "keys", multiple=True, help="An input already in the blob store (key or s3:// URL)."
+)
 @click.option("--name", help="The job's name (it also starts the job id).")
 @click.option("--priority", type=click.Choice(list(PRIORITIES)), help="Default: normal.")
 @click.option("--at", metavar="ISO", help="Start at this time (ISO 8601 with its zone).")
@@ -97,7 +99,7 @@ def submit(
             raise click.UsageError(f"{given[0]} goes with --handler; a spec file sets it itself")
         if len(args) != 1:
             raise click.UsageError("expected one spec file, or --handler H and its INPUTS")
-        spec = load_spec(Path(args[0]))
+        spec = load_spec(Path(args[0]), storage_url=state.loaded.settings.storage.url)
     else:
         spec = spec_from_flags(
             handler,
@@ -112,6 +114,7 @@ def submit(
             max_attempts=max_attempts,
             time_limit=time_limit,
             node_class=node_class,
+            storage_url=state.loaded.settings.storage.url,
         )
     settings = state.loaded.settings
     now = time.time()

@@ -5,6 +5,13 @@ to the spec's folder. Each file uploads to ``jobs/<job>/input/<name>``, its name
 path relative to the spec's folder, or, for one outside it, relative to the folder holding
 it (for a glob, its folder before the first wildcard). Hidden files in folders and globs
 are left out. ``inputs.keys`` name objects already in the store; they are not copied.
+
+An ``inputs.keys`` entry may also be an ``s3://bucket/key`` URL, as a user whose data lives
+in S3 names it: one in the grid's own bucket, under its prefix (``[storage] url =
+"s3://bucket/prefix"``), is the key below that prefix. Any other object is refused, not
+copied: the grid's credentials need reach only its own bucket (least privilege), and the
+user copies data in with their own (``aws s3 cp``), which also keeps a job from depending
+on objects the grid does not control.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.blobs.keys import MAX_KEY_BYTES, check_key, is_valid_key
@@ -29,6 +37,8 @@ MAX_FILES = 100_000
 #: Longest input name, so ``jobs/<64-character job id>/input/<name>`` is a valid key.
 MAX_NAME_BYTES = MAX_KEY_BYTES - len("jobs//input/") - 64
 _MAGIC = re.compile(r"[*?[]")
+# An input given as a URL (``s3://...``, ``https://...``) rather than a path or a key.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # What a key may not hold (see keys.py); a file name's such characters become "_".
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 
@@ -65,6 +75,12 @@ def find_files(source: str, entries: Sequence[str], base_dir: Path) -> tuple[Inp
     found: dict[str, InputFile] = {}
     for index, entry in enumerate(entries):
         at = f"inputs.files[{index}]"
+        if _URL.match(entry):
+            expected = (
+                "expected a local file, folder or glob; an object already in S3 goes in"
+                " inputs.keys as s3://bucket/key (--key on the command line)"
+            )
+            raise SpecError(source, at, entry, expected)
         paths, root = _expand(source, at, entry, base)
         for path in paths:
             name = _name(source, at, path, root)
@@ -139,19 +155,64 @@ def _name(source: str, at: str, path: Path, root: Path) -> str:
     return name
 
 
-def check_keys(source: str, keys: Sequence[str]) -> tuple[str, ...]:
-    """Blob keys as ``inputs.keys`` gives them: each a valid key, none twice."""
+def check_keys(
+    source: str, entries: Sequence[str], storage_url: str | None = None
+) -> tuple[str, ...]:
+    """Blob keys from ``inputs.keys``: each a valid key, none twice.
+
+    An ``s3://bucket/key`` entry becomes its key in the blob store at ``storage_url`` (the
+    grid's ``[storage] url``); with no ``storage_url`` (the manager reading a stored spec,
+    which holds keys only) a URL is refused. See :func:`key_of_url`.
+    """
     seen: set[str] = set()
-    for index, key in enumerate(keys):
+    keys: list[str] = []
+    for index, entry in enumerate(entries):
         at = f"inputs.keys[{index}]"
+        key = key_of_url(source, at, entry, storage_url) if _URL.match(entry) else entry
         try:
             check_key(key)
         except BlobKeyError as e:
-            raise SpecError(source, at, key, str(e).partition(": ")[2] or str(e)) from None
+            raise SpecError(source, at, entry, str(e).partition(": ")[2] or str(e)) from None
         if key in seen:
-            raise SpecError(source, at, key, "expected each key once")
+            raise SpecError(source, at, entry, "expected each key once")
         seen.add(key)
+        keys.append(key)
     return tuple(keys)
+
+
+def key_of_url(source: str, at: str, url: str, storage_url: str | None) -> str:
+    """The key ``url`` (``s3://bucket/key``) names in the blob store at ``storage_url``.
+
+    The object must be in the grid's own bucket, under its prefix; anything else is a
+    :class:`SpecError` at ``at`` that says where the object has to be.
+    """
+    scheme, _, rest = url.partition("://")
+    # Split by hand, not urlsplit: an S3 key may hold "?" and "#", and aws s3 cp keeps them.
+    bucket, _, object_key = rest.partition("/")
+    if scheme != "s3" or not bucket or not object_key:
+        raise SpecError(source, at, url, "expected a blob key or an s3://bucket/key URL")
+    if storage_url is None:
+        expected = (
+            "expected a key in the grid's blob store (s3:// URLs are read against [storage]"
+            " url by `batchfarm submit`)"
+        )
+        raise SpecError(source, at, url, expected)
+    storage = urlsplit(storage_url)
+    if storage.scheme != "s3":
+        expected = (
+            f"expected a key: the grid's blob store is {storage_url}, not S3 (copy the object"
+            " into it, or name a local file in inputs.files)"
+        )
+        raise SpecError(source, at, url, expected)
+    prefix = unquote(storage.path).strip("/")  # as the S3 blob store reads it
+    home = f"s3://{storage.netloc}/{prefix + '/' if prefix else ''}"
+    if bucket != storage.netloc or not object_key.startswith(prefix + "/" if prefix else ""):
+        expected = (
+            f"expected an object under {home} (the grid's [storage] url); copy it there"
+            f" first: aws s3 cp {url} {home}..."
+        )
+        raise SpecError(source, at, url, expected)
+    return object_key[len(prefix) + 1 :] if prefix else object_key
 
 
 def upload_inputs(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,6 +29,8 @@ CONFIG_ENV = "BATCHFARM_CONFIG"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: The name of a table in a table of tables (``[media.presets.NAME]``).
+_TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,14 @@ def _parse_env(name: str, raw: str, cls: type, fld: dataclasses.Field[Any]) -> A
     kinds = _kinds(typing.get_type_hints(cls)[fld.name])
     value: Any = raw
     text = raw.strip()
-    if bool in kinds:
+    if fld.metadata.get("table") is not None:
+        # A table of tables is written as a TOML inline table: {web = {height = 480}}.
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            expected = "expected an inline TOML table such as {web = {height = 480}}"
+            raise ConfigError("environment", name, raw, expected) from None
+    elif bool in kinds:
         if text.lower() in _TRUE:
             value = True
         elif text.lower() in _FALSE:
@@ -143,8 +153,10 @@ def _check_value(
     source: str, where: str, value: Any, cls: type, fld: dataclasses.Field[Any]
 ) -> Any:
     """Validate one value against its field's type and limits; return it (ints as floats)."""
-    kinds = _kinds(typing.get_type_hints(cls)[fld.name])
     meta = fld.metadata
+    if meta.get("table") is not None:
+        return _check_tables(source, where, value, cls, fld)
+    kinds = _kinds(typing.get_type_hints(cls)[fld.name])
     expected = _describe(kinds, meta)
     if isinstance(value, str) and value in kinds:  # a Literal choice such as "auto"
         return value
@@ -167,6 +179,43 @@ def _check_value(
                 raise ConfigError(source, where, value, f"expected {problem}")
         return value
     raise ConfigError(source, where, value, f"expected {expected}")
+
+
+def _check_tables(
+    source: str, where: str, value: Any, cls: type, fld: dataclasses.Field[Any]
+) -> Any:
+    """Validate a table of named tables (``[media.presets.NAME]``) against its schema.
+
+    Each table's keys are the schema dataclass's fields, checked like any setting; the
+    schema's ``__post_init__`` may refuse a combination with a ValueError. Errors name the
+    table and key: ``[media.presets.web] crf = 99: expected ...``.
+    """
+    schema: type = fld.metadata["table"]
+    # "[media] presets" (file) or "BATCHFARM_MEDIA_PRESETS" (environment).
+    dotted = where[1:].replace("] ", ".") if where.startswith("[") else where
+    if not isinstance(value, dict):
+        raise ConfigError(source, where, value, "expected a table of [name] tables")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    checked: dict[str, dict[str, Any]] = {}
+    for name, table in value.items():
+        here = f"[{dotted}.{name}]"
+        if not _TABLE_NAME.fullmatch(name):
+            expected = "expected a name of 1 to 64 letters, digits, '_' or '-'"
+            raise ConfigError(source, here, NO_VALUE, expected)
+        if not isinstance(table, dict):
+            raise ConfigError(source, here, table, "expected a table")
+        values: dict[str, Any] = {}
+        for key, item in table.items():
+            if key not in fields:
+                hint = did_you_mean(key, fields)
+                raise ConfigError(source, f"{here} {key}", item, f"unknown key{hint}")
+            values[key] = _check_value(source, f"{here} {key}", item, schema, fields[key])
+        try:
+            schema(**values)
+        except ValueError as e:
+            raise ConfigError(source, here, NO_VALUE, str(e)) from None
+        checked[name] = values
+    return typing.get_type_hints(cls)[fld.name](checked)
 
 
 def _kinds(hint: Any) -> set[Any]:

@@ -7,6 +7,7 @@ README and ``config/batchfarm.toml`` can be checked against one source.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +65,10 @@ class QueueSettings:
     wait: float = setting(
         10.0, "Long-poll seconds a worker waits for a task before asking again.", min=0, max=20
     )
+    region: str = setting("", 'AWS region of the SQS queues; "" for boto3\'s chain (AWS_REGION).')
+    endpoint_url: str = setting(
+        "", 'URL of an SQS-compatible server (or a VPC endpoint); "" for AWS\'s own.'
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,19 @@ class StorageSettings:
         min=64 * 1024,
         max=5 * 1024**3,
     )
+    region: str = setting("", 'AWS region of the S3 bucket; "" for boto3\'s chain (AWS_REGION).')
+    endpoint_url: str = setting(
+        "", 'URL of an S3-compatible server (or a VPC endpoint); "" for AWS\'s own.'
+    )
+    multipart_threshold: int = setting(
+        8 * 1024 * 1024,
+        "Objects this large or larger go to S3 in multipart uploads of chunk_size parts.",
+        min=5 * 1024 * 1024,
+        max=5 * 1024**3,
+    )
+    max_concurrency: int = setting(
+        2, "Parts of one object moving to or from S3 at once (threads).", min=1, max=64
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,22 @@ class StoreSettings:
     batch_size: int = setting(
         500, "Rows written per transaction when the manager flushes a batch.", min=1, max=100_000
     )
+    pool_recycle: float = setting(
+        3600.0,
+        "Seconds after which a pooled connection is replaced (below RDS's idle timeout); 0: never.",
+        min=0,
+        max=86_400,
+    )
+    ssl_mode: Literal["", "disable", "require", "verify-ca", "verify-full"] = setting(
+        "", 'TLS: "" (driver default), "disable", "require", "verify-ca" or "verify-full".'
+    )
+    ssl_ca: str = setting(
+        "", "CA bundle (PEM file) for verify-ca and verify-full (RDS: global-bundle.pem)."
+    )
+    iam_auth: bool = setting(
+        False, "Log in with an RDS IAM token from boto3's credentials, not a password (needs TLS)."
+    )
+    region: str = setting("", 'AWS region of the RDS instance for iam_auth; "" for boto3\'s chain.')
 
 
 @dataclass(frozen=True)
@@ -138,6 +172,26 @@ class NodeSettings:
     restart_window: float = setting(
         60.0, "Seconds over which a worker's crashes are counted.", min=1, max=86_400
     )
+    metrics_listen: str = setting(
+        "",
+        'Where the node serves its own /metrics ("http://host:port"); "" for off.',
+    )
+    metadata_url: str = setting(
+        "",
+        "EC2 instance metadata service to watch for spot and scale-in notices "
+        '(http://169.254.169.254 on EC2); "" for off.',
+    )
+    metadata_poll: float = setting(
+        5.0, "Seconds between instance metadata polls (AWS advises 5).", min=0.1, max=60
+    )
+    lifecycle_hook: str = setting(
+        "",
+        "Termination lifecycle hook of the node's Auto Scaling group: once drained after a "
+        'scale-in notice, the node completes it (CONTINUE); "" when the group has none.',
+    )
+    autoscaling_group: str = setting(
+        "", "The node's Auto Scaling group; \"\" reads it from the instance's metadata tags."
+    )
 
 
 @dataclass(frozen=True)
@@ -164,9 +218,74 @@ class TasksSettings:
     )
 
 
+#: Encoder speed presets (x264/x265 names; SVT-AV1 takes its own 0 to 13).
+SPEEDS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+
+
+@dataclass(frozen=True)
+class PresetSettings:
+    """One ``[media.presets.NAME]`` table: a named output for the ``transcode`` handler."""
+
+    video_codec: Literal["h264", "hevc", "av1", "none"] = setting(
+        "h264", 'Video codec, or "none" for audio only.'
+    )
+    height: int = setting(720, "Output height (even); 0 keeps the input's.", min=0, max=4320)
+    crf: int = setting(23, "Constant rate factor (0 to 51; AV1 0 to 63).", min=0, max=63)
+    speed: str = setting("", 'Encoder speed preset (x264/x265 name, AV1 "0" to "13"); "" default.')
+    video_bitrate: str = setting("", 'Video bit-rate cap such as "3000k"; "" for CRF only.')
+    audio_codec: Literal["aac", "none"] = setting("aac", 'Audio codec, or "none" for no audio.')
+    audio_bitrate: str = setting("128k", 'Audio bit rate, "16k" to "512k".')
+
+    def __post_init__(self) -> None:
+        # Cross-field rules the per-field checks cannot see; the loader names the preset.
+        if self.video_codec == "none" and self.audio_codec == "none":
+            raise ValueError("expected video, audio or both, not video_codec = audio_codec = none")
+        if self.height % 2:
+            raise ValueError(f"height = {self.height}: expected an even height")
+        if self.video_codec in ("h264", "hevc") and self.crf > 51:
+            raise ValueError(f"crf = {self.crf}: expected 0 to 51 for {self.video_codec}")
+        speeds = [str(n) for n in range(14)] if self.video_codec == "av1" else SPEEDS
+        if self.speed and self.speed not in speeds:
+            raise ValueError(f"speed = {self.speed!r}: expected one of {', '.join(speeds)}")
+        for name in ("video_bitrate", "audio_bitrate"):
+            value = getattr(self, name)
+            if value and not (value[:-1].isdigit() and value.endswith("k") and value[0] != "0"):
+                raise ValueError(f'{name} = "{value}": expected a bit rate such as "128k"')
+
+
+class Presets(dict[str, dict[str, Any]]):
+    """``[media.presets]``: preset name -> its checked table (a hashable, frozen default)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]  # settings are never mutated
+        return hash(tuple(sorted((k, tuple(sorted(v.items()))) for k, v in self.items())))
+
+    def __repr__(self) -> str:
+        # As a TOML inline table, so `config show` prints what a config file would hold.
+        def value(item: Any) -> str:
+            if isinstance(item, bool):
+                return "true" if item else "false"
+            return json.dumps(item) if isinstance(item, str) else repr(item)
+
+        tables = (
+            f"{name} = {{{', '.join(f'{k} = {value(v)}' for k, v in table.items())}}}"
+            for name, table in self.items()
+        )
+        return "{" + ", ".join(tables) + "}"
+
+
 @dataclass(frozen=True)
 class MediaSettings:
-    """[media]: the tools media handlers run."""
+    """[media]: the tools media handlers run, the presets they offer, and their limits."""
 
     ffmpeg: str = setting(
         "", 'ffmpeg to run: a path, or "" for ffmpeg on PATH, else the one imageio-ffmpeg ships.'
@@ -176,6 +295,32 @@ class MediaSettings:
         'Threads per ffmpeg: "auto" (1 for a pinned worker, else its share of the cores).',
         min=1,
         max=64,
+    )
+    presets: Presets = field(
+        default=Presets(),
+        metadata={
+            "doc": "User presets for transcode: [media.presets.NAME] tables (see PresetSettings).",
+            "min": None,
+            "max": None,
+            "url": None,
+            "secret": False,
+            "table": PresetSettings,
+        },
+    )
+    max_pixels: int = setting(
+        33_177_600, "Largest input frame (width x height) a media task accepts.", min=1, max=2**31
+    )
+    max_duration: float = setting(
+        21_600.0, "Longest input, in seconds, a media task accepts.", min=1, max=604_800
+    )
+    cpu_time: int = setting(
+        86_400, "CPU seconds one ffmpeg may use (RLIMIT_CPU); 0 for no limit.", min=0
+    )
+    memory_bytes: int = setting(
+        8 * 1024**3, "Address space one ffmpeg may map (RLIMIT_AS); 0 for no limit.", min=0
+    )
+    output_bytes: int = setting(
+        64 * 1024**3, "Largest file one ffmpeg may write (RLIMIT_FSIZE); 0 for no limit.", min=0
     )
 
 
@@ -202,6 +347,44 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class AutoscaleSettings:
+    """[autoscale]: the manager's autoscaler, which sizes the fleet of worker nodes."""
+
+    provider: Literal["", "local", "aws"] = setting(
+        "",
+        'Fleet to scale: "local" (node processes on this machine), "aws" (an Auto Scaling '
+        'group) or "" for off.',
+    )
+    group: str = setting("", 'The Auto Scaling group the "aws" provider scales.')
+    region: str = setting("", 'AWS region of the group; "" for boto3\'s chain (AWS_REGION).')
+    endpoint_url: str = setting(
+        "", 'URL of an Auto Scaling-compatible server (or a VPC endpoint); "" for AWS\'s own.'
+    )
+    min_nodes: int = setting(0, "Fewest nodes, even when idle (0 allowed).", min=0, max=10_000)
+    max_nodes: int = setting(4, "Most nodes, whatever the backlog.", min=0, max=10_000)
+    workers_per_node: int = setting(
+        0, "Worker actors per node; 0 takes it from the nodes' heartbeats.", min=0, max=1024
+    )
+    target_drain: float = setting(
+        600.0, "Seconds within which the backlog should be done: sizes the fleet.", min=1
+    )
+    idle: float = setting(
+        90.0, "Seconds a node must have been idle before scale-in may remove it.", min=0
+    )
+    interval: float = setting(
+        10.0, "Seconds between the autoscaler's decisions.", min=0.1, max=3600
+    )
+    default_task: float = setting(
+        60.0, "Task duration to assume before any task has been measured.", min=0.001
+    )
+    publish_backlog: bool = setting(
+        False,
+        "Put the backlog per instance to CloudWatch at each decision (namespace batchfarm), "
+        "for AWS target tracking.",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a batchfarm process, loaded once at the entry point and passed down."""
 
@@ -213,3 +396,4 @@ class Settings:
     tasks: TasksSettings = field(default_factory=TasksSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)

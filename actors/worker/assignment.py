@@ -68,6 +68,10 @@ class Assignment:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str | None = None
     run_started: float | None = None
+    #: The outputs are stored (or failed to store): a settle tried again does not redo it.
+    stored: bool = False
+    #: The completion event went out: a settle tried again does not send it twice.
+    reported: bool = False
 
     @property
     def attempt(self) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from batchfarm.actors.backends import COMPLETIONS, open_blobs, open_queue, open_task_queues
 from batchfarm.actors.backends.queue import TaskQueue
-from batchfarm.actors.errors import QueueError, TaskCancelled
+from batchfarm.actors.errors import BackendError, QueueError, TaskCancelled
 from batchfarm.actors.messages import WorkerState, WorkerStatus
 from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker import assignment as steps
@@ -36,6 +36,10 @@ from batchfarm.actors.worker.intake import IntakePolicy, Receiver
 from batchfarm.actors.worker.leases import Leases, hand_back
 
 log = logging.getLogger(__name__)
+
+#: Pauses between tries to settle a finished run while its queue cannot be reached (about
+#: a minute in all: less than the visibility timeout's default, which renewals extend).
+SETTLE_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 class WorkerCore:
@@ -245,7 +249,11 @@ class WorkerCore:
             with self._cond:
                 wanted = 0
                 while not self._closing.is_set():
-                    wanted = self.policy.to_receive(len(self._waiting), self._running_for())
+                    # Finished tasks still settling hold their messages too: beyond the one
+                    # whose output overlaps the next run, they count as held, so a flood of
+                    # quick tasks cannot pile up faster than the output thread settles them.
+                    held = len(self._waiting) + max(0, self._outbox.qsize() - 1)
+                    wanted = self.policy.to_receive(held, self._running_for())
                     if self._accepting and wanted > 0:
                         break
                     # Woken by every change; the timeout re-checks a long task's progress.
@@ -326,6 +334,8 @@ class WorkerCore:
                 self._finish(assignment)
             except Exception:  # one task's bad luck must not stop the worker's output
                 log.exception("worker %d could not finish %s", self.index, assignment.label)
+            with self._cond:
+                self._cond.notify_all()  # the intake may be waiting for the outbox to shrink
             self._on_change()
             self._check_drained()
 
@@ -358,15 +368,7 @@ class WorkerCore:
             ):
                 self._give_back([assignment], 0.0)  # stopped, not failed: another run will do
             else:
-                outcome = settle.commit(
-                    assignment,
-                    queue,
-                    self._completions,
-                    self._blobs,
-                    node=self.node,
-                    worker=self.index,
-                    tasks=self.settings.tasks,
-                )
+                outcome = self._commit(assignment, queue)
                 self.bytes_out += assignment.bytes_out
         finally:
             self._held.pop(receipt, None)
@@ -377,6 +379,39 @@ class WorkerCore:
             self.done += 1
         elif outcome == "failed":
             self.failed += 1
+
+    def _commit(self, assignment: Assignment, queue: TaskQueue) -> str | None:
+        """Settle a finished run, backing off and trying again while the queue is unreachable.
+
+        botocore has already retried each call; an error reaching here means the link has
+        been down for a while. The run's outputs are stored and its lease still renewed, so
+        waiting is cheaper than running it again; past :data:`SETTLE_RETRY_S` the error
+        stands, and the message reappears when its visibility runs out.
+        """
+        pauses = iter(SETTLE_RETRY_S)
+        while True:
+            try:
+                return settle.commit(
+                    assignment,
+                    queue,
+                    self._completions,
+                    self._blobs,
+                    node=self.node,
+                    worker=self.index,
+                    tasks=self.settings.tasks,
+                )
+            except BackendError as error:
+                pause = next(pauses, None)
+                if pause is None or self._closing.is_set() or assignment.lease.lost:
+                    raise
+                log.warning(
+                    "worker %d cannot settle %s (%s); backing off %.1f s",
+                    self.index,
+                    assignment.label,
+                    error,
+                    pause,
+                )
+                self._closing.wait(pause)
 
     def _source(self, assignment: Assignment) -> TaskQueue:
         """The (non-polling) object of the task queue the assignment's message came from."""

@@ -10,6 +10,7 @@ again elsewhere, or is gone): the holder must stop and commit nothing.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from batchfarm.actors.backends.queue import MAX_BATCH, TaskQueue
 from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.errors import QueueError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +105,14 @@ class Leases:
                 result = queue.change_visibility_batch(
                     [(lease.receipt, self.visibility_s) for lease in chunk]
                 )
-            except QueueError:
+            except QueueError as error:
+                log.warning(
+                    "cannot renew %d leases in %s (%s); trying again in %.1f s",
+                    len(chunk),
+                    queue.name,
+                    error,
+                    self.interval_s,
+                )
                 continue
             self.renewed += len(result.ok)
             with self._lock:

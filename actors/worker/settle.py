@@ -5,6 +5,10 @@ queue, then the task's message is deleted (success, or a final failure, whose bo
 to the dead-letter queue first) or made visible again after its backoff (a failure to be
 retried). Each message is settled in the task queue it came from (its receipt is good only
 there). Also here: dropping a body that is not a task, and a task found to be poison.
+
+:func:`commit` may be called again for the same run after a backend error (the queue out of
+reach): what is done stays done (the outputs stored, the completion sent once), and the
+rest is tried again.
 """
 
 from __future__ import annotations
@@ -36,21 +40,26 @@ def commit(
     """Store, report and settle a finished run; return "done", "failed" or None (lease lost).
 
     ``queue`` is the task queue the message came from; ``tasks`` the grid's retry defaults.
+    Raises :class:`~batchfarm.actors.errors.BackendError` when a queue call fails; calling
+    again resumes where it stopped.
     """
     task = assignment.task
     assert task is not None
-    if assignment.failure is None:
+    if assignment.failure is None and not assignment.stored:
         try:
             steps.store_outputs(assignment, blobs)
         except BatchfarmError as error:
             assignment.failure = TaskError(f"cannot store outputs: {error}")
+    assignment.stored = True
     failure = assignment.failure
     limit = min(task.max_attempts, queue.max_receives or task.max_attempts)
     final = failure is not None and (failure.permanent or assignment.attempt >= limit)
     if assignment.lease.lost:
         return None  # another worker has the task now; what it reports counts
-    event = steps.completion(assignment, node, worker, final=final)
-    completions.send(encode_body(event))
+    if not assignment.reported:
+        event = steps.completion(assignment, node, worker, final=final)
+        completions.send(encode_body(event))
+        assignment.reported = True
     if failure is None:
         queue.delete(assignment.message.receipt)
         return "done"

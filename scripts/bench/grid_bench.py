@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--audio-bitrate", default="128k")
     parser.add_argument("--rounds", type=int, default=3, help="turns of each side (default 3)")
     parser.add_argument(
+        "--backend",
+        choices=("embedded", "aws"),
+        default="embedded",
+        help="aws: the grid on moto (sqs+s3) and PostgreSQL beside the embedded grid"
+        " (grid_aws.py), instead of xargs and Celery",
+    )
+    parser.add_argument(
         "--prefetch",
         type=int,
         choices=range(10),
@@ -98,7 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:
-        figures = bench(args)
+        if args.backend == "aws":
+            from grid_aws import bench_aws  # only this mode needs boto3, moto and PostgreSQL
+
+            figures = bench_aws(args)
+        else:
+            figures = bench(args)
     except BenchError as error:
         sys.exit(f"grid benchmark failed: {error}")
     print(json.dumps(figures))

@@ -97,10 +97,16 @@ class JobRun:
 
 class Grid:
     """A manager and one node of ``workers`` workers (pinned unless told) on a fresh state
-    folder."""
+    folder; ``env`` adds BATCHFARM_* settings (other backends: ``grid_aws.py``)."""
 
     def __init__(
-        self, work: Path, *, prefetch: int = 1, workers: int = PARALLEL, pin: bool = True
+        self,
+        work: Path,
+        *,
+        prefetch: int = 1,
+        workers: int = PARALLEL,
+        pin: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.work = work.resolve()
         self.state = self.work / "state"
@@ -114,6 +120,7 @@ class Grid:
             BATCHFARM_API_LISTEN=f"http://127.0.0.1:{free_port()}",
             BATCHFARM_NODE_MANAGER=f"tcp://127.0.0.1:{free_port()}",
         )
+        self.env.update(env or {})
         self.settings: Settings = load(None, self.env).settings
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._store: Store | None = None

@@ -10,7 +10,6 @@ store, as large as recorded, and a valid MP4 of the asked height and length.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import statistics
 from pathlib import Path
@@ -40,16 +39,20 @@ def run_grid(  # noqa: PLR0917 - the same shape as run_xargs, plus the node's se
     seconds: float,
     prefetch: int,
     pin: bool = True,
+    env: dict[str, str] | None = None,
 ) -> tuple[Run, dict[str, Any]]:
-    """Transcode the clips as one job through the grid; the run and its profile."""
+    """Transcode the clips as one job through the grid; the run and its profile.
+
+    ``env`` adds BATCHFARM_* settings to the grid's processes (the AWS backends).
+    """
     tree = {
         "name": "grid-bench",
         "inputs": {"files": [str(clip) for clip in clips]},
-        # The options' fields are the handler's parameters of the same names.
-        "stages": [{"name": STAGE, "handler": "transcode", "params": dataclasses.asdict(options)}],
+        # The handler's parameters of the same names as the options' fields the bench sets.
+        "stages": [{"name": STAGE, "handler": "transcode", "params": _params(options)}],
     }
     spec = parse_spec(tree, source="grid bench", base_dir=clips[0].parent)
-    with Grid(work, prefetch=prefetch, pin=pin) as grid:
+    with Grid(work, prefetch=prefetch, pin=pin, env=env) as grid:
         grid.start()
         grid.warm_up()
         meter = CpuMeter()
@@ -63,6 +66,15 @@ def run_grid(  # noqa: PLR0917 - the same shape as run_xargs, plus the node's se
     profile = grid_profile(tasks, run.submitted_at, run.submit_s, run.wall_s, job.finished_at)
     profile["cpu_s"] = run.cpu_s
     return Run(run.wall_s, *cpu, len(clips)), profile
+
+
+def _params(options: TranscodeOptions) -> dict[str, Any]:
+    return {
+        "height": options.height,
+        "crf": options.crf,
+        "preset": options.preset,
+        "audio_bitrate": options.audio_bitrate,
+    }
 
 
 def _check_outputs(  # noqa: PLR0917 - one call site

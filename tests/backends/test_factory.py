@@ -61,8 +61,8 @@ def test_settings_are_honoured(tmp_path):
 @pytest.mark.parametrize(
     ("opener", "url", "scheme"),
     [
-        (lambda url: open_queue(QueueSettings(url=url), TASKS), "sqs://grid", "sqs"),
-        (lambda url: open_blobs(StorageSettings(url=url)), "s3://bucket/p", "s3"),
+        (lambda url: open_queue(QueueSettings(url=url), TASKS), "amqp://grid", "amqp"),
+        (lambda url: open_blobs(StorageSettings(url=url)), "gs://bucket/p", "gs"),
     ],
 )
 def test_a_scheme_without_a_backend_is_named(opener, url, scheme):

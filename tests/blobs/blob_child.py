@@ -7,8 +7,12 @@ Each command prints one JSON line of results on stdout:
 - ``read ROOT KEY VERSIONS SIZE READY STOP``: read KEY in a loop, checking that every read
   is one whole version; touch READY after the first read; stop once STOP exists.
 - ``churn ROOT KEY ROUNDS``: put and delete KEY ROUNDS times.
-- ``bigio ROOT SIZE CHUNK``: put a generated SIZE-byte stream, get it back while hashing,
-  and report the peak RSS growth over the baseline.
+- ``putone ROOT KEY CHUNK [ENDPOINT]``: open the store and put one byte under KEY; report the
+  BlobError, if any (a fresh process has its own credential chain).
+- ``bigio ROOT SIZE CHUNK [ENDPOINT]``: put a generated SIZE-byte stream, get it back while
+  hashing, and report the peak RSS growth over the baseline. ROOT is a folder, or an
+  ``s3://bucket/prefix`` URL on the S3-compatible server at ENDPOINT (5 MiB multipart
+  threshold, so the stream goes up as a multipart upload).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.blobs.local import LocalBlobStore
 from batchfarm.actors.errors import BlobError
 
@@ -88,11 +93,25 @@ def churn(root: str, key: str, rounds: int) -> dict:
     return {"errors": errors[:5], "error_count": len(errors)}
 
 
-def bigio(root: str, size: int, chunk: int) -> dict:
-    store = LocalBlobStore(Path(root), chunk_size=chunk)
+def open_store(root: str, chunk: int, endpoint: str = "") -> BlobStore:
+    """The local store at folder ``root``, or the S3 store at URL ``root`` on ``endpoint``."""
+    if not root.startswith("s3://"):
+        return LocalBlobStore(Path(root), chunk_size=chunk)
+    from batchfarm.actors.backends.blobs.s3 import S3BlobStore
+    from batchfarm.actors.settings import StorageSettings
+
+    settings = StorageSettings(
+        url=root, endpoint_url=endpoint, chunk_size=chunk, multipart_threshold=5 * 1024 * 1024
+    )
+    return S3BlobStore(settings)
+
+
+def bigio(root: str, size: int, chunk: int, endpoint: str = "") -> dict:
+    store = open_store(root, chunk, endpoint)
     block = os.urandom(chunk)
-    # Warm up: lazy imports, hash objects and allocator pools belong in the baseline.
-    store.put("warm", block)
+    # Warm up: lazy imports, hash objects, allocator pools and (S3) the transfer threads
+    # and connections of a multipart upload belong in the baseline.
+    store.put("warm", iter([block, block]))
     for _ in store.get("warm"):
         pass
     store.delete("warm")
@@ -109,6 +128,7 @@ def bigio(root: str, size: int, chunk: int) -> dict:
     started = time.monotonic()
     info = store.put("big", stream())
     put_s = time.monotonic() - started
+    peak_put = _peak_rss()
     received, count = hashlib.sha256(), 0
     for piece in store.get("big"):
         received.update(piece)
@@ -131,6 +151,7 @@ def bigio(root: str, size: int, chunk: int) -> dict:
         "baseline": baseline,
         "peak": peak,
         "growth": peak - baseline,
+        "put_growth": peak_put - baseline,
         "put_s": round(put_s, 2),
         "total_s": round(total_s, 2),
     }
@@ -144,7 +165,17 @@ def _peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-COMMANDS = {"write": write, "read": read, "churn": churn, "bigio": bigio}
+def putone(root: str, key: str, chunk: int, endpoint: str = "") -> dict:
+    """Open the store and put one small object; report the error, if any, as a user sees it."""
+    try:
+        store = open_store(root, chunk, endpoint)
+        store.put(key, b"x")
+    except BlobError as exc:
+        return {"error": str(exc), "type": type(exc).__name__}
+    return {"error": None}
+
+
+COMMANDS = {"write": write, "read": read, "churn": churn, "bigio": bigio, "putone": putone}
 
 
 def main(argv: list[str]) -> None:

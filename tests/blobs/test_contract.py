@@ -25,9 +25,21 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def key_order(keys):
-    # S3 lists in UTF-8 byte order; that is the order the contract promises.
-    return sorted(keys, key=lambda k: k.encode("utf-8"))
+def known_sha(reported, data: bytes) -> None:
+    """A checksum ``head`` or ``list`` reports is the content's SHA-256, or None, never another.
+
+    Stores report it when they know it without reading the object: the local store always
+    (an xattr), S3 for objects uploaded in one part (its checksum), not for multipart ones
+    (their checksum covers the parts' checksums) and never in listings (tests/blobs/test_local.py
+    and test_s3.py check which). ``put`` always returns it: it hashes what it streams.
+    """
+    assert reported in (sha(data), None)
+
+
+def key_order(keys, order=None):
+    # S3 lists in UTF-8 byte order; that is the order the contract promises. ``order`` is
+    # the ``listing_order`` fixture's, for a server that lists otherwise (SeaweedFS).
+    return sorted(keys, key=order.sort_key if order else (lambda k: k.encode("utf-8")))
 
 
 # -- put and get -------------------------------------------------------------------------------
@@ -69,7 +81,8 @@ def test_put_file_and_get_file(blob_store, tmp_path):
     blob_store.put_file("in/up.bin", tmp_path / "up.bin")
     info = blob_store.get_file("in/up.bin", tmp_path / "down.bin")
     assert (tmp_path / "down.bin").read_bytes() == data
-    assert info.sha256 == sha(data)
+    assert info.size == len(data)
+    known_sha(info.sha256, data)
     assert not (tmp_path / ".down.bin.part").exists()
 
 
@@ -242,17 +255,18 @@ def paginate(store, prefix="", after=None, limit=1000):
         after = page.next_after
 
 
-def test_list_everything_in_key_order_across_pages(blob_store):
+def test_list_everything_in_key_order_across_pages(blob_store, listing_order):
     fill(blob_store)
     pages = paginate(blob_store, limit=17)
     keys = [i.key for page in pages for i in page.items]
-    assert keys == key_order(KEYS)
+    assert keys == key_order(KEYS, listing_order)
     assert len(pages) == -(-len(KEYS) // 17)
     assert all(len(page.items) == 17 for page in pages[:-1])
     assert 0 < len(pages[-1].items) <= 17
     for info in (i for page in pages for i in page.items):
-        assert (info.size, info.sha256) == (len(info.key.encode()), sha(info.key.encode()))
-    assert [i.key for i in blob_store.iter_list()] == key_order(KEYS)
+        assert info.size == len(info.key.encode())
+        known_sha(info.sha256, info.key.encode())
+    assert [i.key for i in blob_store.iter_list()] == key_order(KEYS, listing_order)
 
 
 PREFIXES = [
@@ -270,10 +284,10 @@ PREFIXES = [
 ]
 
 
-def test_list_with_prefixes(blob_store):
+def test_list_with_prefixes(blob_store, listing_order):
     fill(blob_store)
     for prefix in PREFIXES:
-        expected = key_order(k for k in KEYS if k.startswith(prefix))
+        expected = key_order((k for k in KEYS if k.startswith(prefix)), listing_order)
         pages = paginate(blob_store, prefix, limit=50)
         assert [i.key for page in pages for i in page.items] == expected, prefix
 
@@ -291,10 +305,14 @@ AFTERS = [
 ]
 
 
-def test_list_after_a_key(blob_store):
+def test_list_after_a_key(blob_store, listing_order):
     fill(blob_store)
     for prefix, after in AFTERS:
-        expected = [k for k in key_order(KEYS) if k.startswith(prefix) and k > after]
+        expected = [
+            k
+            for k in key_order(KEYS, listing_order)
+            if k.startswith(prefix) and listing_order.is_after(k, after)
+        ]
         page = blob_store.list(prefix, after=after, limit=25)
         assert [i.key for i in page.items] == expected[:25], (prefix, after)
         assert (page.next_after is None) == (len(expected) <= 25), (prefix, after)
@@ -352,12 +370,13 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
 @pytest.mark.parametrize("key", BAD_KEYS)
-def test_every_call_refuses_a_bad_key(blob_store, call, key):
-    with pytest.raises(BlobKeyError, match="bad blob key"):
-        call(blob_store, key)
-    assert list(blob_store.iter_list()) == []
+def test_every_call_refuses_a_bad_key(blob_store, key):
+    # One store for all the calls: a store on a server costs more to set up than the calls.
+    for name, call in CALLS.items():
+        with pytest.raises(BlobKeyError, match="bad blob key"):
+            call(blob_store, key)
+        assert list(blob_store.iter_list()) == [], name
 
 
 def test_a_failing_source_stores_nothing(blob_store):

@@ -98,6 +98,20 @@ def test_objects_live_under_objects_with_their_checksum(store, root):
     assert "b%20c.bin" in store.url("a/b c.bin")
 
 
+def test_head_list_and_get_file_carry_the_checksum(store, tmp_path):
+    # The contract lets a store say None where it cannot know (S3's multipart objects and
+    # listings); the local store always knows, from the xattr.
+    data = os.urandom(CHUNK * 3 + 5)
+    store.put("a/big", iter([data[:CHUNK], data[CHUNK:]]))
+    store.put("a/small", b"small")
+    assert store.head("a/big").sha256 == sha(data)
+    assert store.get_file("a/big", tmp_path / "big").sha256 == sha(data)
+    assert {i.key: i.sha256 for i in store.iter_list("a/")} == {
+        "a/big": sha(data),
+        "a/small": sha(b"small"),
+    }
+
+
 def test_without_xattr_support_head_reports_no_checksum(store, monkeypatch):
     def unsupported(*args, **kwargs):
         raise OSError(errno.ENOTSUP, "Operation not supported")

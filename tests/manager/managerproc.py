@@ -47,19 +47,31 @@ class ManagerGrid:
 
     ``settings`` are the grid's settings as a test process sees them (the same state folder,
     telemetry endpoint and API address as the processes'); :meth:`close` kills them all.
+    ``more`` are settings every process of the grid gets, as ``section_key=value`` keywords
+    (``queue_url="sqs://grid"``, ``store_url=...``); ``settings`` has them too.
     """
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **more: object) -> None:
         self.state = tmp_path / "state"
         manager = f"tcp://127.0.0.1:{free_port()}"
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.env = env_for(
-            node_manager=manager, node_heartbeat_interval=0.3, api_listen=self.api_url
+            node_manager=manager, node_heartbeat_interval=0.3, api_listen=self.api_url, **more
         )
-        self.settings: Settings = make_settings(
-            self.state, node={"manager": manager}, api={"listen": self.api_url}
-        )
+        sections: dict[str, dict[str, object]] = {
+            "node": {"manager": manager},
+            "api": {"listen": self.api_url},
+        }
+        for name, value in more.items():
+            section, _, key = name.partition("_")  # section names hold no "_"
+            sections.setdefault(section, {})[key] = value
+        self.settings: Settings = make_settings(self.state, **sections)
         self.started: list[ManagerProcess | NodeProcess] = []
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The BATCHFARM_* variables the grid's processes run with (for ``batchfarm`` CLI runs)."""
+        return {**BASE_ENV, **self.env, "BATCHFARM_GRID_STATE_DIR": str(self.state)}
 
     def manager(self, log_name: str = "manager", **more: object) -> ManagerProcess:
         """Start a manager; ``more`` are further settings as ``section_key=value``."""

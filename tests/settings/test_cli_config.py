@@ -73,3 +73,17 @@ def test_a_bad_environment_stops_any_verb_that_needs_settings():
 
 def test_usage_errors_exit_2():
     assert batchfarm("config", "nope").returncode == 2
+
+
+def test_show_masks_a_password_in_the_store_url():
+    url = "postgresql+psycopg://batchfarm:s3cret-Pa55@db.example:5432/grid"
+    run = batchfarm("config", "show", "--json", env={"BATCHFARM_STORE_URL": url})
+    assert run.returncode == 0, run.stderr
+    assert "s3cret-Pa55" not in run.stdout
+    shown = json.loads(run.stdout)
+    store_url = shown["store"]["url"]
+    store_url = store_url["value"] if isinstance(store_url, dict) else store_url
+    assert store_url == "postgresql+psycopg://batchfarm:***@db.example:5432/grid"
+    plain = batchfarm("config", "show", env={"BATCHFARM_STORE_URL": url})
+    assert "s3cret-Pa55" not in plain.stdout
+    assert "batchfarm:***@db.example" in plain.stdout

@@ -9,8 +9,10 @@ SQS) keeps the same contract, checked by one test suite:
   handle per message; the message reappears if it is not deleted in time. A message
   received more than ``max_receives`` times goes to the dead-letter queue instead.
 - A receipt handle is valid until its message is received again or deleted. A delete or
-  visibility change through a stale handle is reported in :class:`BatchResult`, never
-  applied.
+  visibility change through a stale handle is reported in :class:`BatchResult` where the
+  backend can tell (the embedded queue always does). SQS may accept one: AWS documents that
+  "the request will succeed, but the message might not be deleted"; delivery stays at least
+  once either way.
 
 Delivery is at least once: consumers must be idempotent.
 """

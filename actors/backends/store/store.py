@@ -20,6 +20,7 @@ from batchfarm.actors.backends.store.fleet import FleetWrites
 from batchfarm.actors.backends.store.jobs import JobWrites
 from batchfarm.actors.backends.store.queries import Queries
 from batchfarm.actors.errors import StoreError
+from batchfarm.actors.settings import StoreSettings
 
 
 class Store(JobWrites, FleetWrites, Queries):
@@ -40,12 +41,20 @@ class Store(JobWrites, FleetWrites, Queries):
     :meth:`workers`, :meth:`recent_samples`, :meth:`scaling_events`.
     """
 
-    def __init__(self, url: str, batch_size: int = 500, *, upgrade: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        batch_size: int = 500,
+        *,
+        upgrade: bool = True,
+        connect: StoreSettings | None = None,
+    ) -> None:
         if batch_size < 1:
             raise StoreError(f"store batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
         self._url = parse_url(url)
-        self._engine = make_engine(self._url)
+        # ``connect``: pool recycle, TLS and IAM auth (see engine.make_engine).
+        self._engine = make_engine(self._url, connect)
         if upgrade:
             try:
                 self.upgrade()
