@@ -10,7 +10,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from batchfarm.actors.handlers.ffmpeg import Probe, find_ffmpeg, parse_probe
+from batchfarm.actors.handlers.ffmpeg import find_ffmpeg
+from batchfarm.actors.handlers.mediainfo import MediaInfo, read_info
 from batchfarm.actors.settings import MediaSettings
 
 
@@ -27,11 +28,15 @@ def make_clip(  # noqa: PLR0917 - callers write make_clip(path, 1.0, 640, 360)
     fps: int = 25,
     audio: bool = True,
     video: bool = True,
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
 ) -> Path:
     """Write a test clip (H.264 video, AAC audio) to ``path`` and return the path.
 
     The container follows the file's suffix (.mp4, .mkv, ...). ``width`` and ``height`` must
-    be even (4:2:0 H.264). ``audio=False`` or ``video=False`` leaves that stream out.
+    be even for 4:2:0 H.264; ``pix_fmt="yuv444p"`` allows odd ones. ``audio=False`` or
+    ``video=False`` leaves that stream out. ``rotation`` (degrees counter-clockwise) sets
+    the display matrix, as a phone filming upright does.
     """
     if not (audio or video):
         raise ValueError("make_clip: a clip needs audio, video or both")
@@ -43,13 +48,25 @@ def make_clip(  # noqa: PLR0917 - callers write make_clip(path, 1.0, 640, 360)
     if audio:
         argv += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={seconds}"]
     if video:
-        argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-threads", "1"]
+        if width % 2 or height % 2:
+            # testsrc2 rounds its size to even: scale to the odd size asked for.
+            argv += ["-vf", f"scale={width}:{height}"]
+        argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix_fmt, "-threads", "1"]
     if audio:
         argv += ["-c:a", "aac", "-b:a", "64k"]
-    argv.append(str(path))
+    target = path.with_name(f"unrotated-{path.name}") if video and rotation else path
+    argv.append(str(target))
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"making clip {path} failed ({done.returncode}): {done.stderr}")
+    if target != path:
+        # Set on a stream copy: when encoding, ffmpeg would turn the pixels instead.
+        remux = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+        remux += ["-display_rotation", str(rotation), "-i", str(target), "-c", "copy", str(path)]
+        done = subprocess.run(remux, capture_output=True, text=True, check=False)
+        target.unlink()
+        if done.returncode != 0:
+            raise RuntimeError(f"rotating clip {path} failed ({done.returncode}): {done.stderr}")
     return path
 
 
@@ -64,6 +81,23 @@ def describe(path: Path | str) -> str:
     return done.stderr
 
 
-def probe_file(path: Path | str) -> Probe:
-    """Duration, first video stream (codec, size) and first audio codec of a media file."""
-    return parse_probe(describe(path))
+def probe_file(path: Path | str) -> MediaInfo:
+    """Duration, first video stream and first audio stream of a media file (read with PyAV)."""
+    return read_info(Path(path))
+
+
+def make_vfr_clip(
+    path: Path | str, seconds: float = 2.0, width: int = 320, height: int = 240
+) -> Path:
+    """A variable-frame-rate MP4: frames alternately 1/25 s and 3/25 s apart (no audio)."""
+    path = Path(path)
+    source = f"testsrc2=size={width}x{height}:rate=25:duration={seconds}"
+    argv = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    argv += ["-f", "lavfi", "-i", source]
+    # Drop every 2nd and 3rd of each 4 frames and keep the timestamps: uneven gaps.
+    argv += ["-vf", "select='not(between(mod(n,4),1,2))'", "-fps_mode", "vfr"]
+    argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"making clip {path} failed ({done.returncode}): {done.stderr}")
+    return path

@@ -98,6 +98,8 @@ class Running:
     node: str | None
     worker: int | None
     started_at: float | None
+    #: Fraction done, as its worker's heartbeat last said (a handler reports it).
+    progress: float | None = None
 
 
 class RunningTasks:
@@ -126,8 +128,11 @@ class RunningTasks:
             for worker in node.get("workers") or []:
                 task_id = str(worker.get("task") or "")
                 name = task_id[len(prefix) :]
-                if task_id.startswith(prefix) and name not in found:
+                if not task_id.startswith(prefix):
+                    continue
+                if name not in found:
                     found[name] = Running(name, node["id"], worker.get("index"), None)
+                found[name].progress = worker.get("progress")
         self._first_seen = {name: self._first_seen.get(name, now) for name in found}
         for name, entry in found.items():
             if entry.started_at is None:
@@ -161,7 +166,7 @@ def frame(job: Mapping[str, Any], running: list[Running], now: float) -> Rendera
     parts: list[RenderableType] = [head, bars]
     if running:
         table = Table(title="Running tasks", title_justify="left", header_style="bold")
-        for column in ("task", "node", "worker", "elapsed"):
+        for column in ("task", "node", "worker", "elapsed", "done"):
             table.add_column(column)
         for task in running:
             started = task.started_at
@@ -170,6 +175,7 @@ def frame(job: Mapping[str, Any], running: list[Running], now: float) -> Rendera
                 task.node or show.NONE,
                 show.NONE if task.worker is None else str(task.worker),
                 show.NONE if started is None else show.duration(max(0.0, now - started)),
+                show.percent(task.progress),
             )
         parts.append(table)
         more = int((job.get("tasks") or {}).get("running", 0)) - len(running)

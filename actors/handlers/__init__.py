@@ -1,8 +1,8 @@
 """Task handlers: what a task does, given only its :class:`TaskContext`.
 
-Built in: ``noop``, ``checksum`` and ``transcode``. User handlers register under the
-``batchfarm.handlers`` entry point group or are named as ``module:function``; :func:`resolve`
-finds either.
+Built in: ``noop``, ``checksum``, ``transcode``, ``probe``, ``thumbnail`` and the segment
+handlers. User handlers register under the ``batchfarm.handlers`` entry point group or are
+named as ``module:function``; :func:`resolve` finds either.
 """
 
 from batchfarm.actors.handlers.context import TaskContext, ToolResult

@@ -9,7 +9,7 @@ from typing import Any
 
 from batchfarm.actors.errors import TaskCancelled
 from batchfarm.actors.handlers import tool
-from batchfarm.actors.handlers.tool import ToolResult
+from batchfarm.actors.handlers.tool import Limits, ToolResult
 from batchfarm.actors.messages import TaskBody
 from batchfarm.actors.settings import MediaSettings
 
@@ -50,6 +50,7 @@ class TaskContext:
         *,
         on_stdout_line: Callable[[str], None] | None = None,
         permanent_if: Callable[[str], bool] | None = None,
+        limits: Limits | None = None,
     ) -> ToolResult:
         """Run a tool (an argv list, never a shell) in ``scratch`` and wait for it.
 
@@ -59,6 +60,7 @@ class TaskContext:
         and :class:`TaskCancelled` raised. A non-zero exit raises :class:`TaskError` with
         the last stderr line in its message and the stderr tail attached, permanent if
         ``permanent_if(stderr_tail)`` says so. A missing program is a permanent TaskError.
+        ``limits`` are OS resource limits set on the tool's process (CPU, memory, file size).
         """
         return tool.run(
             argv,
@@ -66,6 +68,7 @@ class TaskContext:
             cwd=self.scratch,
             on_stdout_line=on_stdout_line,
             permanent_if=permanent_if,
+            limits=limits,
         )
 
     def check_cancelled(self) -> None:

@@ -1,30 +1,24 @@
-"""ffmpeg for media handlers: which binary, how many threads, and what a file holds.
+"""ffmpeg for media handlers: which binary, its encoders, its threads and its limits.
 
-There may be no ffprobe (the ffmpeg that imageio-ffmpeg ships comes alone), so a file is
-probed with ``ffmpeg -i <file>`` and no output, and the stream dump on stderr is parsed.
+ffmpeg runs as a subprocess (killable, limited by the OS); what a file holds is read with
+PyAV (:mod:`batchfarm.actors.handlers.mediainfo`), never parsed from ffmpeg's log.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 import shutil
-from dataclasses import dataclass
+import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from batchfarm.actors.errors import TaskError
+from batchfarm.actors.handlers.mediainfo import INPUT_FORMATS
+from batchfarm.actors.handlers.tool import Limits
 from batchfarm.actors.settings import MediaSettings
 
-if TYPE_CHECKING:
-    from batchfarm.actors.handlers.context import TaskContext
-
-#: Input container formats ffmpeg may open (demuxer names). Anything else, such as a playlist
-#: or concat list dressed up as a video that would make ffmpeg read other files, is refused.
-INPUT_FORMATS = (
-    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,flv,asf,ogg,mxf,wav,mp3,aac,flac"
-)
-#: Input options that keep ffmpeg to the one local file it is given.
+#: Input options that keep ffmpeg to the one local file it is given: no network protocol
+#: (pipe is for -progress), and only the container formats a task's input may be.
 SAFE_INPUT = ("-protocol_whitelist", "file,pipe", "-format_whitelist", INPUT_FORMATS)
 
 #: stderr phrases of failures no retry can fix: the input, or a parameter, is bad.
@@ -39,12 +33,9 @@ PERMANENT_MARKERS = (
     "Stream map '0:v:0' matches no streams",
 )
 
-# The last line of `ffmpeg -i <file>` given no output: the probe itself went well.
 _EXPECTED = 'expected the path of an executable ffmpeg, or "" to find one'
-_NO_OUTPUT = "At least one output file must be specified"
-_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\d+:\d+\S*: Video: (\w+).*?, (\d+)x(\d+)[ ,\n]")
-_AUDIO = re.compile(r"Stream #\d+:\d+\S*: Audio: (\w+)")
+#: How long listing an ffmpeg's encoders may take, in seconds.
+_LIST_TIMEOUT_S = 30
 
 
 def find_ffmpeg(media: MediaSettings) -> str:
@@ -99,48 +90,42 @@ def is_permanent(stderr_tail: str) -> bool:
     return any(marker in stderr_tail for marker in PERMANENT_MARKERS)
 
 
-@dataclass(frozen=True)
-class Probe:
-    """What ``ffmpeg -i`` says about a file (None where it says nothing)."""
-
-    duration_s: float | None
-    video_codec: str | None
-    width: int | None
-    height: int | None
-    audio_codec: str | None
+def has_encoder(ffmpeg: str, name: str) -> bool:
+    """True when this ffmpeg build has the encoder ``name`` (e.g. "libsvtav1")."""
+    return name in encoders(ffmpeg)
 
 
-def parse_probe(stderr: str) -> Probe:
-    """Read duration and the first video and audio streams from ffmpeg's input dump."""
-    duration = _DURATION.search(stderr)
-    video = _VIDEO.search(stderr + "\n")
-    audio = _AUDIO.search(stderr)
-    return Probe(
-        duration_s=(
-            int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3])
-            if duration
-            else None
-        ),
-        video_codec=video[1] if video else None,
-        width=int(video[2]) if video else None,
-        height=int(video[3]) if video else None,
-        audio_codec=audio[1] if audio else None,
-    )
-
-
-def probe(ctx: TaskContext, ffmpeg: str, path: Path) -> Probe:
-    """Probe a local media file with ``ffmpeg -i``; a file ffmpeg cannot read raises.
-
-    ffmpeg given no output exits with code 1 after its dump; that one case is a success.
-    Only the last lines of stderr are kept, so a file with a very long metadata dump may probe
-    without a duration.
-    """
-    argv = [ffmpeg, "-nostdin", "-hide_banner", *SAFE_INPUT, "-i", str(path)]
+@functools.cache
+def encoders(ffmpeg: str) -> frozenset[str]:
+    """The encoder names of an ffmpeg build, from ``ffmpeg -encoders``; asked once per path."""
     try:
-        result = ctx.run_tool(argv, permanent_if=is_permanent)
-    except TaskError as exc:
-        lines = exc.stderr_tail.strip().splitlines()
-        if not lines or lines[-1].strip() != _NO_OUTPUT:
-            raise
-        return parse_probe(exc.stderr_tail)
-    return parse_probe(result.stderr_tail)
+        done = subprocess.run(
+            [ffmpeg, "-nostdin", "-hide_banner", "-encoders"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_LIST_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TaskError(f"{ffmpeg} -encoders failed: {exc}") from exc
+    names = set()
+    listing = done.stdout.split("------", 1)[-1]
+    for line in listing.splitlines():
+        # " V....D libx264    libx264 H.264 ...": flags, then the name.
+        parts = line.split()
+        if len(parts) >= 2 and len(parts[0]) == 6:
+            names.add(parts[1])
+    return frozenset(names)
+
+
+def limits_for(media: MediaSettings) -> Limits:
+    """The OS limits on one ffmpeg, from ``[media] cpu_time``, ``memory_bytes``, ``output_bytes``.
+
+    0 means no limit. ffmpeg's own ``-fs`` is only a soft cap checked between packets; these
+    are enforced by the kernel.
+    """
+    return Limits(
+        cpu_s=media.cpu_time or None,
+        memory_bytes=media.memory_bytes or None,
+        output_bytes=media.output_bytes or None,
+    )

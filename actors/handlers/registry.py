@@ -18,6 +18,21 @@ from typing import Any
 from batchfarm.actors.errors import UnknownHandlerError
 from batchfarm.actors.handlers.builtin import checksum, checksum_params, noop, noop_params
 from batchfarm.actors.handlers.context import TaskContext
+from batchfarm.actors.handlers.hls import hls, hls_params
+from batchfarm.actors.handlers.ladder import check_params as check_ladder_params
+from batchfarm.actors.handlers.ladder import ladder
+from batchfarm.actors.handlers.probe import check_params as check_probe_params
+from batchfarm.actors.handlers.probe import probe
+from batchfarm.actors.handlers.segments import (
+    check_encode_params,
+    concat,
+    concat_params,
+    encode_segment,
+    split,
+    split_params,
+)
+from batchfarm.actors.handlers.thumbnail import check_params as check_thumbnail_params
+from batchfarm.actors.handlers.thumbnail import thumbnail
 from batchfarm.actors.handlers.transcode import check_params as check_transcode_params
 from batchfarm.actors.handlers.transcode import transcode
 
@@ -32,6 +47,19 @@ PARAM_CHECKS: dict[str, Callable[[dict[str, Any]], object]] = {
     "checksum": checksum_params,
     "transcode": check_transcode_params,
 }
+# Facts and pictures of media files (probe.py, thumbnail.py).
+BUILTINS.update(probe=probe, thumbnail=thumbnail)
+PARAM_CHECKS.update(probe=check_probe_params, thumbnail=check_thumbnail_params)
+# Segment-parallel encoding (segments.py): split at keyframes, join without re-encoding;
+# adaptive-bitrate ladders: a rendition per task (ladder.py), packaged as HLS (hls.py).
+BUILTINS.update(split=split, encode_segment=encode_segment, concat=concat, ladder=ladder, hls=hls)
+PARAM_CHECKS.update(
+    split=split_params,
+    encode_segment=check_encode_params,
+    concat=concat_params,
+    ladder=check_ladder_params,
+    hls=hls_params,
+)
 
 #: Distributions register handlers under this entry point group:
 #: ``[options.entry_points] batchfarm.handlers = resize = mypkg.handlers:resize``.

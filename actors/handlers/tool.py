@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -30,12 +31,49 @@ TAIL_LINES = 30
 TAIL_CHARS = 4096
 #: A line longer than this is cut: a tool that never ends a line cannot grow our memory.
 MAX_LINE_BYTES = 64 * 1024
+#: Seconds between the soft CPU limit's SIGXCPU and the hard limit's SIGKILL.
+CPU_GRACE_S = 1
 #: After the tool exits, how long to wait for its pipes to close (a stray that escaped the
 #: group could hold them open for ever).
 DRAIN_S = 1.0
 
 _PR_SET_PDEATHSIG = 1
 _LINUX = sys.platform.startswith("linux")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Operating-system limits on a tool's process (None: no limit).
+
+    Set with ``setrlimit`` in the child before it runs the tool, so the tool cannot raise
+    them: CPU seconds (SIGXCPU, then SIGKILL a CPU second later), address space, and the
+    size of any file it writes (SIGXFSZ).
+    """
+
+    cpu_s: int | None = None
+    memory_bytes: int | None = None
+    output_bytes: int | None = None
+
+    def set(self) -> None:
+        """Apply the limits to the calling process (the child, between fork and exec)."""
+        if self.cpu_s is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_s, self.cpu_s + CPU_GRACE_S))
+        if self.memory_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
+        if self.output_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.output_bytes, self.output_bytes))
+
+    def explain(self, returncode: int, cpu_used_s: float) -> str | None:
+        """Which limit a tool that exited with ``returncode`` after ``cpu_used_s`` went over.
+
+        None when it was not a limit. ffmpeg catches SIGXCPU and exits with a code of its
+        own, so the CPU time used is what tells.
+        """
+        if returncode == -signal.SIGXCPU or (self.cpu_s is not None and cpu_used_s >= self.cpu_s):
+            return f"it used its CPU time limit ({self.cpu_s} s)"
+        if returncode == -signal.SIGXFSZ:
+            return f"it tried to write a file above its size limit ({self.output_bytes} bytes)"
+        return None
 
 
 @dataclass
@@ -90,10 +128,13 @@ class Tail:
             self._on_line(line)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGKILL when its parent dies (Linux only)."""
+def _die_with_parent(limits: Limits | None = None) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGKILL when its parent dies (Linux only).
+
+    It also applies ``limits`` to the child.
+    """
     if not _LINUX:
-        return None
+        return limits.set if limits is not None else None
     # Resolved in the parent: the child, between fork and exec, should do as little as it can.
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
@@ -103,6 +144,8 @@ def _die_with_parent() -> Callable[[], None] | None:
         # The parent may have died before prctl: then no signal would ever come.
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
+        if limits is not None:
+            limits.set()
 
     return preexec
 
@@ -114,8 +157,12 @@ def run(
     cwd: Path | None = None,
     on_stdout_line: Callable[[str], None] | None = None,
     permanent_if: Callable[[str], bool] | None = None,
+    limits: Limits | None = None,
 ) -> ToolResult:
     """Run ``argv`` to its end and return how it ended; see ``TaskContext.run_tool``.
+
+    ``limits`` are set on the child; a tool killed for going over one fails permanently
+    with a message saying which (the same input would go over it again).
 
     The death signal is tied to the *thread* that starts the tool, which is the one that waits
     for it here, so it outlives the tool.
@@ -133,7 +180,7 @@ def run(
             stderr=subprocess.PIPE,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - the point is the child's setup
+            preexec_fn=_die_with_parent(limits),  # noqa: PLW1509 - the point is the child's setup
         )
     except FileNotFoundError as exc:
         # Popen reports a missing working folder as a FileNotFoundError too, naming it.
@@ -147,7 +194,7 @@ def run(
     reaped = False
     try:
         _pump(proc, out, err, cancelled)
-        rc = proc.wait()
+        rc, cpu_used = _reap(proc)
         reaped = True
     finally:
         if not reaped:
@@ -160,6 +207,9 @@ def run(
     if rc != 0:
         last = err.last_line()
         tail = err.text()
+        over = limits.explain(rc, cpu_used) if limits is not None else None
+        if over is not None:
+            raise TaskError(f"{name} was stopped: {over}", stderr_tail=tail, permanent=True)
         raise TaskError(
             f"{name} exited with code {rc}" + (f": {last}" if last else ""),
             stderr_tail=tail,
@@ -210,6 +260,13 @@ def _pump(
             raise TaskCancelled("cancelled")
         time.sleep(POLL_S / 5)
     _kill_group(proc)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for the tool; return its exit code (``-signal`` if killed) and CPU seconds used."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def _exited(pid: int) -> bool:

@@ -11,8 +11,9 @@ body stops it before anything is written:
 4. ``store.create_job(plan.job, plan.tasks)``, then, once due, send ``plan.bodies`` and mark
    those tasks queued.
 
-Later stages' tasks are made as their inputs complete, by :func:`chained_task` and
-:func:`fan_in_task` (or :class:`SpecPlanner`, which reads the job's stored spec).
+Later stages' tasks are made as their inputs complete, by :func:`chained_task`,
+:func:`fan_in_task` and :func:`fan_out_task` (or :class:`SpecPlanner`, which reads the job's
+stored spec).
 """
 
 from __future__ import annotations
@@ -145,6 +146,25 @@ def fan_in_task(
     return _body(job_id, stage, 0, inputs, defaults=defaults, now=now)
 
 
+def fan_out_task(
+    job_id: str,
+    stage: StageSpec,
+    part: int,
+    key: str,
+    defaults: TasksSettings | None = None,
+    *,
+    now: float | None = None,
+) -> TaskBody:
+    """Part ``part`` of a ``fan_out`` stage: the ``part``-th output of the stage before.
+
+    The outputs are counted over the previous stage's parts in part order, so a fan-out
+    task keeps its number (and its output keys) when it is planned again (a retry).
+    """
+    if stage.mode != StageMode.FAN_OUT:
+        raise ValueError(f"stage {stage.name!r} is not a fan-out stage")
+    return _body(job_id, stage, part, [key], defaults=defaults, now=now)
+
+
 def first_tasks(
     spec: JobSpec,
     job_id: str,
@@ -261,6 +281,10 @@ class SpecPlanner:
         spec = self._spec(stage.job_id).stage(stage.name)
         if spec.mode == StageMode.FAN_IN:
             return replace(fan_in_task(stage.job_id, spec, inputs, self._defaults), part=part)
+        if spec.mode == StageMode.FAN_OUT:
+            if len(inputs) != 1:
+                raise ValueError(f"a fan-out task takes one input, not {len(inputs)}")
+            return fan_out_task(stage.job_id, spec, part, inputs[0], self._defaults)
         return chained_task(stage.job_id, spec, part, inputs, self._defaults)
 
     def _spec(self, job_id: str) -> JobSpec:

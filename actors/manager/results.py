@@ -7,7 +7,9 @@ queue (the data plane). :class:`ResultsProcessor` takes them a receive batch at 
 2. record every run with one :meth:`Store.record_runs` call, which counts each task's first
    success once and recognises a redelivered event;
 3. advance the jobs the runs belong to: chain successes into the next stage, fail stages
-   and jobs on final failures, finish stages and jobs, start fan-in stages;
+   and jobs on final failures, finish stages and jobs, start fan-in and fan-out stages (a
+   fan-out stage gets one task per output of the stage before, so its size is known only
+   once that stage is done);
 4. only then delete the completion messages.
 
 A manager killed at any point between 1 and 4 loses nothing: the messages reappear, the
@@ -77,8 +79,9 @@ class Planner(Protocol):
         """The task of part ``part`` of ``stage`` (a later stage of its job) over ``inputs``.
 
         ``stage.mode`` says how it is fed: ``chain`` (one task per part of the previous
-        stage, ``inputs`` that part's outputs) or ``fan_in`` (part 0, ``inputs`` every
-        output of the previous stage in part order).
+        stage, ``inputs`` that part's outputs), ``fan_in`` (part 0, ``inputs`` every
+        output of the previous stage in part order) or ``fan_out`` (part *i*, ``inputs``
+        the *i*-th of those outputs alone).
         """
         ...
 
@@ -284,16 +287,40 @@ class ResultsProcessor:
                     return True
                 if following.state == StageState.CANCELLED:
                     break
-                if following.mode == StageMode.FAN_IN:
+                if following.mode in (StageMode.FAN_IN, StageMode.FAN_OUT):
                     tasks = self._store.tasks(stage.job_id, stage=stage.name, limit=None)
                     inputs = [
                         key
                         for task in sorted(tasks, key=_part)
                         for key in output_keys(task.outputs)
                     ]
-                    self._enqueue(queue, stages, index + 1, [(0, inputs)])
+                    if following.mode == StageMode.FAN_IN:
+                        self._enqueue(queue, stages, index + 1, [(0, inputs)])
+                    elif inputs:
+                        # One task per output, numbered in the previous stage's part order.
+                        parts = [(part, [key]) for part, key in enumerate(inputs)]
+                        self._enqueue(queue, stages, index + 1, parts)
+                    else:
+                        self._fail_empty_fan_out(stages, index + 1)
+                        break
                 index += 1
         return False
+
+    def _fail_empty_fan_out(self, stages: list[StageView], index: int) -> None:
+        """A ``fan_out`` stage fed nothing: it can never run, so it and its job fail."""
+        stage = stages[index]
+        if stage.state == StageState.FAILED:
+            return
+        previous = stages[index - 1].name
+        reason = (
+            f"stage {stage.name!r} (fan_out) got no inputs: stage {previous!r} wrote no "
+            "outputs; expected one or more, one task each"
+        )
+        now = self._clock()
+        self._store.set_stage_state(stage.job_id, stage.name, StageState.FAILED, reason)
+        stages[index] = _with_state(stage, StageState.FAILED)
+        self._store.set_job_state(stage.job_id, JobState.FAILED, reason, finished_at=now)
+        self.counters.jobs_failed += 1
 
     def _stage_done(self, stages: list[StageView], index: int) -> bool:
         """True when every task of the stage succeeded (and so did its previous stage)."""
@@ -384,6 +411,7 @@ def task_run(event: Completion) -> TaskRun:
         cpu_s=event.cpu_s,
         bytes_in=event.bytes_in,
         bytes_out=event.bytes_out,
+        result=dict(event.meta) or None,
     )
 
 

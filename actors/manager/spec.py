@@ -1,7 +1,8 @@
 """Job specs: a TOML or JSON file, a stored spec, or CLI flags, read into a checked JobSpec.
 
 A spec is one tree, the same in TOML and JSON: the job's name, priority and start time, its
-inputs (local files, directories and globs, or objects already in the blob store), and its
+inputs (local files, directories and globs, or objects already in the blob store, by key or,
+on S3, by ``s3://bucket/key`` URL), and its
 stages, each a handler with params, fed by the stage before it. Everything is checked here,
 before anything is uploaded or queued: unknown keys (with a did-you-mean), names, handlers, a
 built-in handler's params, limits, the line of stages (no cycle, gap or forward reference)
@@ -108,10 +109,11 @@ class JobSpec:
         return parse_spec(data, source="stored spec", base_dir=Path("."), submit=False)
 
 
-def load_spec(path: Path) -> JobSpec:
+def load_spec(path: Path, *, storage_url: str | None = None) -> JobSpec:
     """Read and check the spec file at ``path`` (``.toml`` or ``.json``).
 
-    Relative input paths are relative to the file's folder. Raises :class:`SpecError`.
+    Relative input paths are relative to the file's folder; ``storage_url`` is the grid's
+    ``[storage] url``, against which ``s3://`` inputs are read. Raises :class:`SpecError`.
     """
     source = str(path)
     suffix = path.suffix.lower()
@@ -129,7 +131,7 @@ def load_spec(path: Path) -> JobSpec:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as e:
         kind = "TOML" if suffix == ".toml" else "JSON"
         raise SpecError(source, "syntax", NO_VALUE, f"expected valid {kind} ({e})") from None
-    return parse_spec(data, source=source, base_dir=path.parent)
+    return parse_spec(data, source=source, base_dir=path.parent, storage_url=storage_url)
 
 
 def _json(text: str) -> Any:
@@ -146,12 +148,19 @@ def _json(text: str) -> Any:
 
 
 def parse_spec(
-    data: Mapping[str, Any], *, source: str, base_dir: Path, submit: bool = True
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    base_dir: Path,
+    submit: bool = True,
+    storage_url: str | None = None,
 ) -> JobSpec:
     """Check a spec tree (parsed TOML or JSON) and build its :class:`JobSpec`.
 
     ``base_dir`` anchors relative input paths. With ``submit`` (the default) handler names
     and built-in params are checked and input files looked up; without, only the structure.
+    ``storage_url`` (the grid's ``[storage] url``) turns ``s3://bucket/key`` entries of
+    ``inputs.keys`` into keys; without it they are refused (a stored spec holds keys only).
     """
     top = v.Table(source, data, "", _JOB_KEYS)
     name = top.text("name", "", "text")
@@ -171,7 +180,8 @@ def parse_spec(
     if "files" in inputs:
         entries = v.text_list(source, inputs.get("files"), "inputs.files")
         files = find_files(source, entries, base_dir) if submit else ()
-    keys = check_keys(source, v.text_list(source, inputs.get("keys", []), "inputs.keys"))
+    entries = v.text_list(source, inputs.get("keys", []), "inputs.keys")
+    keys = check_keys(source, entries, storage_url)
 
     raw_stages = top.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
@@ -246,13 +256,15 @@ def spec_from_flags(
     time_limit: float | None = None,
     node_class: str | None = None,
     base_dir: Path | None = None,
+    storage_url: str | None = None,
 ) -> JobSpec:
     """The one-stage job ``batchfarm submit --handler H --param k=v INPUTS...`` describes.
 
     Built as a spec tree and checked like a file, so flags and files make the same jobs.
     ``params`` are ``key=value`` texts, the value read as JSON when it parses (``720``,
     ``true``, ``"x"``) and as text otherwise (``veryfast``). ``inputs`` are files, folders
-    and globs relative to ``base_dir`` (default: the current folder). Errors name the flag.
+    and globs relative to ``base_dir`` (default: the current folder); ``keys`` may be
+    ``s3://`` URLs, read against ``storage_url`` as in a file. Errors name the flag.
     """
     stage: dict[str, Any] = {"handler": handler, "params": dict(_param(p) for p in params)}
     for key, value in (
@@ -274,7 +286,9 @@ def spec_from_flags(
         if keys:
             tree["inputs"]["keys"] = list(keys)
     try:
-        return parse_spec(tree, source="command line", base_dir=base_dir or Path.cwd())
+        return parse_spec(
+            tree, source="command line", base_dir=base_dir or Path.cwd(), storage_url=storage_url
+        )
     except SpecError as e:
         raise SpecError(e.source, _flag(e.field), e.value, e.expected) from None
 

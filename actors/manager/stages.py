@@ -39,20 +39,27 @@ STAGE_KEYS = (
     "retry_backoff",
     "node_class",
 )
-_RANGE_KEYS = ("param", "start", "step")
+_RANGE_KEYS = ("param", "start", "step", "values")
 _NAME_RULE = "expected 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
 class PartRange:
-    """A first stage's parameter range: part ``i`` gets ``params[param] = start + i * step``."""
+    """A first stage's parameter range: part ``i`` gets ``params[param] = start + i * step``.
+
+    With ``values`` (a list of JSON values), part ``i`` gets ``values[i]`` instead, and the
+    stage has one part per value: a ladder's renditions, a list of presets.
+    """
 
     param: str
     start: int | float = 0
     step: int | float = 1
+    values: tuple[Any, ...] | None = None
 
-    def value(self, part: int) -> int | float:
+    def value(self, part: int) -> Any:
         """The parameter's value in part ``part``."""
+        if self.values is not None:
+            return self.values[part]
         return self.start + part * self.step
 
 
@@ -63,7 +70,8 @@ class StageSpec:
     The first stage splits the job's inputs: one task per input, or ``parts`` tasks (each
     with every input, ``range`` setting a param per part). A later stage is fed by the stage
     before it (``source``): ``chain`` makes a task of each completed part, ``fan_in`` one
-    task of all their outputs. Limits left None take the grid's ``[tasks]`` defaults.
+    task of all their outputs, ``fan_out`` one task per output (once the stage before is
+    done). Limits left None take the grid's ``[tasks]`` defaults.
     """
 
     name: str
@@ -88,7 +96,9 @@ def stage_dict(stage: StageSpec) -> dict[str, Any]:
         out["mode"] = str(stage.mode)
     if stage.parts is not None:
         out["parts"] = stage.parts
-    if stage.range is not None:
+    if stage.range is not None and stage.range.values is not None:
+        out["range"] = {"param": stage.range.param, "values": list(stage.range.values)}
+    elif stage.range is not None:
         out["range"] = {"param": stage.range.param, "start": stage.range.start}
         out["range"]["step"] = stage.range.step
     for name in ("max_attempts", "time_limit", "retry_backoff"):
@@ -150,19 +160,28 @@ def _first_feed(table: v.Table, stage: StageSpec) -> StageSpec:
     per = table.text("per", "input", '"input"')
     if per != "input":
         raise table.error("per", per, 'expected "input" (or parts = N instead)')
+    part_range = _range(table, stage) if "range" in table else None
+    if part_range is not None and part_range.values is not None:
+        # A list of values sets the parts: one per value.
+        count = len(part_range.values)
+        if "parts" in table and table.get("parts") != count:
+            expected = f"expected {count} (one part per range value) or no parts"
+            raise table.error("parts", table.get("parts"), expected)
+        if "per" in table:
+            raise table.error("range", table.get("range"), 'expected per = "input" or a range')
+        return replace(stage, parts=count, range=part_range)
     if "parts" not in table:
-        if "range" in table:
+        if part_range is not None:
             raise table.error("range", NO_VALUE, "expected parts = N with a range")
         return stage
     if "per" in table:
         raise table.error("parts", table.get("parts"), 'expected per = "input" or parts')
     parts = table.integer("parts", 1, MAX_PARTS)
-    part_range = _range(table, stage) if "range" in table else None
     return replace(stage, parts=parts, range=part_range)
 
 
 def _later_feed(table: v.Table, stage: StageSpec, previous: str, names: Sequence[Any]) -> StageSpec:
-    """A later stage: fed by the stage before it, in ``chain`` or ``fan_in`` mode."""
+    """A later stage: fed by the stage before it, in ``chain``, ``fan_in`` or ``fan_out`` mode."""
     for key in ("per", "parts", "range"):
         if key in table:
             expected = f"expected {key} only in the first stage; later stages are fed by mode"
@@ -199,7 +218,17 @@ def _range(stage_table: v.Table, stage: StageSpec) -> PartRange:
     if param in stage.params:
         expected = f"expected a param the range alone sets (remove params.{param})"
         raise table.error("param", param, expected)
-    return PartRange(param=param, start=table.number("start", 0), step=table.number("step", 1))
+    if "values" not in table:
+        return PartRange(param=param, start=table.number("start", 0), step=table.number("step", 1))
+    for key in ("start", "step"):
+        if key in table:
+            raise table.error(key, table.get(key), "expected start and step, or values, not both")
+    values = table.get("values")
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_PARTS:
+        expected = f"expected a list of 1 to {MAX_PARTS:,} values, one part each"
+        raise table.error("values", values, expected)
+    checked = v.json_table(source, {"values": values}, table.at)["values"]
+    return PartRange(param=param, values=tuple(checked))
 
 
 def _limits(table: v.Table, stage: StageSpec) -> StageSpec:
@@ -237,15 +266,29 @@ def check_handler(source: str, stage: StageSpec) -> None:
         problem += hint(stage.handler, known_names())
         raise SpecError(source, f"{at}.handler", stage.handler, problem) from None
     samples = [stage.params]
-    if stage.range is not None and stage.parts is not None:
+    if stage.range is not None and stage.range.values is not None:
+        # Every value of a list: each is its own part's param.
+        samples = [{**stage.params, stage.range.param: value} for value in stage.range.values]
+    elif stage.range is not None and stage.parts is not None:
         # Both ends of the range: a value past either would fail its part.
         ends = {stage.range.value(0), stage.range.value(stage.parts - 1)}
         samples = [{**stage.params, stage.range.param: end} for end in sorted(ends)]
-    for params in samples:
+    for number, params in enumerate(samples):
         try:
             check_params(stage.handler, params)
         except TaskError as e:
-            raise _param_error(source, f"{at}.params", params, e) from None
+            error = _param_error(source, f"{at}.params", params, e)
+            if stage.range is not None and stage.range.values is not None:
+                error = _at_value(error, f"{at}.params.{stage.range.param}", at, number)
+            raise error from None
+
+
+def _at_value(error: SpecError, param: str, at: str, number: int) -> SpecError:
+    """An error in a param a range value set, reported at that value (``range.values[1]``)."""
+    if error.field != param and not error.field.startswith(param + "."):
+        return error
+    field = f"{at}.range.values[{number}]{error.field[len(param) :]}"
+    return SpecError(error.source, field, error.value, error.expected)
 
 
 def _param_error(source: str, at: str, params: dict[str, Any], error: TaskError) -> SpecError:

@@ -25,7 +25,8 @@ from batchfarm.actors.backends import COMPLETIONS, TASKS, open_blobs, open_queue
 from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.queue import Outgoing
 from batchfarm.actors.codec import decode_body, encode_body
-from batchfarm.actors.handlers.ffmpeg import SAFE_INPUT, parse_probe
+from batchfarm.actors.errors import TaskError
+from batchfarm.actors.handlers.mediainfo import read_info
 from batchfarm.actors.handlers.transcode import TranscodeOptions, transcode_argv
 from batchfarm.actors.messages import Completion, TaskBody
 from batchfarm.actors.settings import Settings, load
@@ -155,18 +156,19 @@ def mp4_problem(ffmpeg: str, path: Path, height: int, seconds: float) -> str | N
     with path.open("rb") as file:
         if file.read(8)[4:8] != b"ftyp":
             return f"{path}: not an MP4 (no ftyp box at the start)"
-    done = subprocess.run(
-        [ffmpeg, "-nostdin", "-hide_banner", *SAFE_INPUT, "-i", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
+    try:
+        info = read_info(path)
+    except TaskError as error:
+        return f"{path}: {error}"
+    found = (
+        info.video.codec if info.video else None,
+        info.video.height if info.video else None,
+        info.audio.codec if info.audio else None,
     )
-    probe = parse_probe(done.stderr)
-    found = (probe.video_codec, probe.height, probe.audio_codec)
     if found != ("h264", height, "aac"):
         return f"{path}: (video, height, audio) = {found}, expected ('h264', {height}, 'aac')"
-    if probe.duration_s is None or abs(probe.duration_s - seconds) > 0.5:
-        return f"{path}: lasts {probe.duration_s} s, expected {seconds:g} s"
+    if info.duration_s is None or abs(info.duration_s - seconds) > 0.5:
+        return f"{path}: lasts {info.duration_s} s, expected {seconds:g} s"
     return None
 
 

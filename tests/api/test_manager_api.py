@@ -12,6 +12,7 @@ from batchfarm.actors.backends import open_blobs
 from batchfarm.actors.runtime import ExitCode
 from tests.api.apigrid import API, metric
 from tests.manager.managerproc import ManagerGrid
+from tests.media import make_clip
 from tests.ports import free_port
 from tests.worker.grid import wait_for
 
@@ -130,3 +131,30 @@ def test_a_manager_whose_api_port_is_taken_stops_naming_the_setting(processes):
     output = manager.output()
     assert "[api] listen" in output
     assert str(port) in output
+
+
+def test_a_probe_jobs_stream_facts_are_stored_with_its_tasks(processes, tmp_path):
+    processes.manager()
+    processes.node(node_workers=1)
+    blobs = open_blobs(processes.settings.storage)
+    clip = make_clip(tmp_path / "in.mp4", seconds=2.0, width=320, height=240)
+    blobs.put_file("uploads/in.mp4", clip)
+    blobs.close()
+    spec = {
+        "name": "facts",
+        "inputs": {"keys": ["uploads/in.mp4"]},
+        "stages": [{"handler": "probe"}],
+    }
+    with httpx.Client(base_url=processes.api_url, timeout=10) as client:
+        wait_for(lambda: answers(client), timeout=20, what="the manager's API")
+        job_id = client.post(f"{API}/jobs", json={"spec": spec}).json()["id"]
+        wait_for(
+            lambda: get(client, f"{API}/jobs/{job_id}")["state"] == "succeeded",
+            timeout=60,
+            what="the probe done",
+        )
+        task = get(client, f"{API}/jobs/{job_id}/tasks/probe/0")
+    facts = task["result"]
+    assert facts["duration_s"] == pytest.approx(2.0, abs=0.05)
+    assert (facts["video"]["width"], facts["video"]["height"]) == (320, 240)
+    assert facts["audio"]["codec"] == "aac"

@@ -1,4 +1,4 @@
-"""Which ffmpeg runs, how many threads it gets, and reading its stream dump."""
+"""Which ffmpeg runs, its encoders, how many threads it gets, and its OS limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import imageio_ffmpeg
 import pytest
 
 from batchfarm.actors.errors import TaskError
-from batchfarm.actors.handlers.ffmpeg import find_ffmpeg, is_permanent, parse_probe, threads_for
+from batchfarm.actors.handlers.ffmpeg import (
+    encoders,
+    find_ffmpeg,
+    has_encoder,
+    is_permanent,
+    limits_for,
+    threads_for,
+)
+from batchfarm.actors.handlers.tool import Limits
 from batchfarm.actors.settings import MediaSettings
 
 
@@ -92,33 +100,30 @@ def test_threads_for_refuses_nonsense():
         threads_for(MediaSettings(), pinned=False, workers=0, cores=2)
 
 
-DUMP = """\
-Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'clip.mp4':
-  Metadata:
-    encoder         : Lavf63.1.102
-  Duration: 01:02:03.50, start: 0.000000, bitrate: 778 kb/s
-  Stream #0:0[0x1](und): Video: h264 (Constrained Baseline) (avc1 / 0x31637661), \
-yuv420p(tv, bt709, progressive), 1920x1080 [SAR 1:1 DAR 16:9], 697 kb/s, 25 fps (default)
-  Stream #0:1[0x2](und): Audio: aac (LC) (mp4a / 0x6134706D), 44100 Hz, mono, fltp, 69 kb/s
-At least one output file must be specified"""
+def test_encoders_are_listed_from_the_build():
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    # imageio-ffmpeg's build has these (tests/media.py relies on them too).
+    for name in ("libx264", "libx265", "libsvtav1", "aac", "mjpeg", "png"):
+        assert has_encoder(ffmpeg, name), name
+    assert not has_encoder(ffmpeg, "libnonesuch")
+    assert encoders(ffmpeg) is encoders(ffmpeg)  # listed once per binary
 
 
-def test_parse_probe_reads_duration_and_streams():
-    probe = parse_probe(DUMP)
-    assert probe.duration_s == pytest.approx(3723.5)
-    assert (probe.video_codec, probe.width, probe.height) == ("h264", 1920, 1080)
-    assert probe.audio_codec == "aac"
-
-
-def test_parse_probe_without_duration_or_streams():
-    probe = parse_probe(
-        "Input #0, wav, from 'x':\n  Duration: N/A, start: 0\n"
-        "  Stream #0:0: Audio: pcm_s16le, 44100 Hz, mono, s16, 705 kb/s"
+def test_an_ffmpeg_without_av1_has_no_av1(tmp_path):
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(
+        "#!/bin/sh\necho 'Encoders:'\necho ' ------'\n"
+        "echo ' V....D libx264              libx264 H.264'\n"
+        "echo ' A....D aac                  AAC (Advanced Audio Coding)'\n"
     )
-    assert probe.duration_s is None
-    assert probe.video_codec is None
-    assert probe.width is None
-    assert probe.audio_codec == "pcm_s16le"
+    fake.chmod(0o755)
+    assert encoders(str(fake)) == {"libx264", "aac"}
+    assert not has_encoder(str(fake), "libsvtav1")
+
+
+def test_limits_come_from_media_settings():
+    media = MediaSettings(cpu_time=60, memory_bytes=2**30, output_bytes=0)
+    assert limits_for(media) == Limits(cpu_s=60, memory_bytes=2**30, output_bytes=None)
 
 
 def test_is_permanent_knows_bad_input_from_bad_luck():

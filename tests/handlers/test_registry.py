@@ -16,6 +16,8 @@ from batchfarm.actors.handlers import (
     resolve,
 )
 from batchfarm.actors.handlers.builtin import checksum, noop
+from batchfarm.actors.handlers.probe import probe
+from batchfarm.actors.handlers.thumbnail import thumbnail
 from batchfarm.actors.handlers.transcode import transcode
 from tests.handlers import user_handlers
 
@@ -45,7 +47,15 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_builtins_are_an_explicit_dict():
-    assert dict(BUILTINS) == {"noop": noop, "checksum": checksum, "transcode": transcode}
+    mine = {
+        "noop": noop,
+        "checksum": checksum,
+        "transcode": transcode,
+        "probe": probe,
+        "thumbnail": thumbnail,
+    }
+    # The segment-parallel and ladder handlers are built in too (tests/handlers/test_ladder.py).
+    assert {name: BUILTINS[name] for name in mine} == mine
     for name, handler in BUILTINS.items():
         assert resolve(name) is handler
         check_handler_name(name)
@@ -88,7 +98,12 @@ def test_unknown_names_list_the_known_ones():
     with pytest.raises(UnknownHandlerError) as caught:
         resolve("resize")
     message = str(caught.value)
-    assert message.startswith("unknown handler 'resize': expected one of checksum, noop, transcode")
+    assert message.startswith("unknown handler 'resize': expected one of checksum, ")
+    listed = (
+        message.split("expected one of ", 1)[1].split(", an entry point", maxsplit=1)[0].split(", ")
+    )
+    assert listed == sorted(listed)
+    assert {"checksum", "noop", "probe", "thumbnail", "transcode"} <= set(listed)
     assert ENTRY_POINT_GROUP in message
     assert caught.value.permanent is True
 

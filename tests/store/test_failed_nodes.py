@@ -1,4 +1,4 @@
-"""What the store keeps for knowing why: the nodes a task failed on, reasons, a reopened job."""
+"""What the store keeps about a task beyond its state: failed nodes, reasons, handler results."""
 
 from __future__ import annotations
 
@@ -62,3 +62,15 @@ def test_a_retry_forgets_attempts_and_failed_nodes_and_reopens_job_and_stage(sto
     # The retried run is the task's first again, on a clean slate.
     assert store.record_runs([run("node-b", 1, final=True)]).failed == ("job-1/encode/0",)
     assert store.task("job-1", "encode", 0).failed_nodes == ["node-b"]
+
+
+def test_a_succeeded_runs_handler_result_is_kept_with_its_task(store: Store) -> None:
+    make_job(store)
+    facts = {"duration_s": 4.0, "video": {"codec": "h264", "height": 720}, "audio": None}
+    store.record_runs([run("node-a", 1)])  # a failed run keeps no result
+    assert store.task("job-1", "encode", 0).result is None
+    store.record_runs([run("node-b", 2, ok=True, result=facts)])
+    assert store.task("job-1", "encode", 0).result == facts
+    # A duplicate run of the succeeded task changes nothing it recorded.
+    store.record_runs([run("node-c", 3, ok=True, result={"other": 1})])
+    assert store.task("job-1", "encode", 0).result == facts

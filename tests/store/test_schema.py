@@ -52,7 +52,7 @@ def test_opening_an_empty_database_creates_the_schema_through_alembic(
         assert store.stage_counts("j")[0].counts == {"pending": 1}
 
     assert table_names(empty_url) == STORE_TABLES | {migrate.VERSION_TABLE}
-    assert migrate.head_revision() == "0002"
+    assert migrate.head_revision() == "0003"
 
 
 def test_upgrade_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
@@ -127,9 +127,9 @@ def test_make_revision_writes_the_next_numbered_migration(tmp_path: Path) -> Non
     directory = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.make_revision("nothing changed", directory=directory)
-    assert path.name == "0003_nothing_changed.py"
+    assert path.name == "0004_nothing_changed.py"
     text = path.read_text()
-    assert "down_revision: str | None = '0002'" in text
+    assert "down_revision: str | None = '0003'" in text
     # The models equal the migrations, so autogenerate finds nothing to do.
     assert "op." not in text
 
@@ -152,7 +152,7 @@ def _columns(url: str, table: str) -> set[str]:
         engine.dispose()
 
 
-def test_0002_adds_failed_nodes_to_existing_tasks_and_can_be_undone(empty_url: str) -> None:
+def test_0002_and_0003_add_columns_to_existing_tasks_and_can_be_undone(empty_url: str) -> None:
     migrate.upgrade(empty_url, "0001")
     assert "failed_nodes" not in _columns(empty_url, "tasks")
     # A task written at 0001 (by SQL: the store's own writes know the new column).
@@ -180,11 +180,14 @@ def test_0002_adds_failed_nodes_to_existing_tasks_and_can_be_undone(empty_url: s
     with Store(empty_url) as store:
         old = store.task("old", "s", 0)
         assert old is not None
-        assert (old.state, old.failed_nodes) == ("failed", None)
+        assert (old.state, old.failed_nodes, old.result) == ("failed", None, None)
         store.add_tasks("old", [NewTask("s", 1)])
         new = store.task("old", "s", 1)
         assert new is not None
         assert new.failed_nodes == []
+    migrate.downgrade(empty_url, "0002")
+    assert "result" not in _columns(empty_url, "tasks")
+    assert "failed_nodes" in _columns(empty_url, "tasks")
     migrate.downgrade(empty_url, "0001")
     assert "failed_nodes" not in _columns(empty_url, "tasks")
     migrate.upgrade(empty_url)

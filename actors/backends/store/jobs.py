@@ -321,6 +321,7 @@ def _task_row(
         "worker": None,
         "error": None,
         "failed_nodes": [],
+        "result": None,
         "queued_at": task.queued_at,
         "started_at": None,
         "finished_at": None,

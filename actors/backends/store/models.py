@@ -85,6 +85,7 @@ class StageMode(StrEnum):
 
     CHAIN = "chain"  # each completed part of the previous stage becomes a task of this one
     FAN_IN = "fan_in"  # one task, once every part of the previous stage is done
+    FAN_OUT = "fan_out"  # one task per output of the previous stage, once all its parts are done
 
 
 class TaskState(StrEnum):
@@ -206,6 +207,9 @@ class Task(Base):
     #: The nodes its runs failed on, each once, oldest first (a task that failed on two
     #: nodes is poison); NULL in rows older than the column.
     failed_nodes: Mapped[list[str] | None] = mapped_column(NullableJSON)
+    #: What the handler of the succeeded run returned (a probe's stream facts, say); NULL
+    #: for none and in rows older than the column.
+    result: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     queued_at: Mapped[float | None] = mapped_column(sa.Double)
     started_at: Mapped[float | None] = mapped_column(sa.Double)
     finished_at: Mapped[float | None] = mapped_column(sa.Double)

@@ -118,6 +118,8 @@ class TaskRun:
     cpu_s: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: What the handler returned about its output (JSON object), for a successful run.
+    result: dict[str, Any] | None = None
     #: Why the task ends up in its state, when the manager has more to say than the error
     #: (``poison: failed on nodes a and b``); stored as the task's reason.
     reason: str | None = None
@@ -281,6 +283,8 @@ class TaskView:
     error: dict[str, Any] | None
     #: The nodes its runs failed on, each once (None in rows older than the column).
     failed_nodes: list[str] | None
+    #: What the handler of the succeeded run returned (None for nothing).
+    result: dict[str, Any] | None
     queued_at: float | None
     started_at: float | None
     finished_at: float | None

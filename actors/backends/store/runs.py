@@ -120,6 +120,7 @@ def _apply(result: Plan, key: Key, row: Stored, run: TaskRun, *, state: str, now
         "outputs": run.outputs if run.ok else [],
         "error": None if run.ok else run.error,
         "failed_nodes": failed_nodes,
+        "result": (run.result or None) if run.ok else None,
         "attempts": attempts,
         "node_id": run.node,
         "worker": run.worker,
