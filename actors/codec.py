@@ -173,18 +173,22 @@ def from_dict(value: Any, expect: type[R] | None = None) -> Record:
 # Field-by-field checks, driven by the records' annotations
 
 
-_FIELDS: dict[type[Record], tuple[tuple[str, Any, bool], ...]] = {}
+#: Converts one decoded value to its field's type, given the value's path for errors.
+Converter = Callable[[Any, str], Any]
+
+_FIELDS: dict[type[Record], tuple[tuple[str, Converter, bool], ...]] = {}
+_CONVERTERS: dict[Any, Converter] = {}
 
 
-def _fields(cls: type[Record]) -> tuple[tuple[str, Any, bool], ...]:
-    """(name, type, required) per field; resolved once per class, decoding is a hot path."""
+def _fields(cls: type[Record]) -> tuple[tuple[str, Converter, bool], ...]:
+    """(name, converter, required) per field; made once per class, decoding is a hot path."""
     known = _FIELDS.get(cls)
     if known is None:
         hints = typing.get_type_hints(cls)
         known = tuple(
             (
                 f.name,
-                hints[f.name],
+                _converter(hints[f.name]),
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
             )
             for f in dataclasses.fields(cls)
@@ -195,46 +199,74 @@ def _fields(cls: type[Record]) -> tuple[tuple[str, Any, bool], ...]:
 
 def _build(cls: type[Record], value: dict[str, Any], path: str) -> Record:
     kwargs = {}
-    for name, hint, required in _fields(cls):
+    for name, convert, required in _fields(cls):
         if name in value:
-            kwargs[name] = _convert(value[name], hint, f"{path}.{name}")
+            kwargs[name] = convert(value[name], f"{path}.{name}")
         elif required:
             raise MessageError("schema", f"{path}.{name} is missing")
     # Unknown fields are ignored: a newer sender may add optional fields within a version.
     return cls(**kwargs)
 
 
-def _convert(value: Any, hint: Any, path: str) -> Any:
+def _converter(hint: Any) -> Converter:
+    """The converter of a type hint, made once: a heartbeat decodes a thousand fields."""
+    known = _CONVERTERS.get(hint)
+    if known is None:
+        known = _CONVERTERS[hint] = _make_converter(hint)
+    return known
+
+
+def _make_converter(hint: Any) -> Converter:
     check = _CHECKS.get(hint)
     if check is not None:
-        return check(value, path)
+        return check
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], path)  # our unions are only "X | None"
+        inner = _converter(next(a for a in args if a is not type(None)))  # only "X | None"
+        nullable = type(None) in args
+
+        def union(value: Any, path: str) -> Any:
+            return None if value is None and nullable else inner(value, path)
+
+        return union
     if origin is Literal:
-        if value not in args or not isinstance(value, str):
-            raise MessageError("schema", f"{path} is {value!r}, expected one of {list(args)}")
-        return value
+        allowed = frozenset(args)
+
+        def literal(value: Any, path: str) -> Any:
+            if not isinstance(value, str) or value not in allowed:
+                raise MessageError("schema", f"{path} is {value!r}, expected one of {list(args)}")
+            return value
+
+        return literal
     if origin is list:
-        if not isinstance(value, list):
-            raise MessageError("schema", f"{path} is a {_name(value)}, expected a list")
-        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+        item = _converter(args[0])
+
+        def listed(value: Any, path: str) -> Any:
+            if not isinstance(value, list):
+                raise MessageError("schema", f"{path} is a {_name(value)}, expected a list")
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+        return listed
     if origin is dict:
-        if not isinstance(value, dict):
-            raise MessageError("schema", f"{path} is a {_name(value)}, expected a map")
-        return {
-            _check_str(k, f"{path} key"): _convert(v, args[1], f"{path}.{k}")
-            for k, v in value.items()
-        }
+        entry = _converter(args[1])
+
+        def mapped(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise MessageError("schema", f"{path} is a {_name(value)}, expected a map")
+            return {_check_str(k, f"{path} key"): entry(v, f"{path}.{k}") for k, v in value.items()}
+
+        return mapped
     if isinstance(hint, type) and issubclass(hint, Record):
-        if not isinstance(value, dict):
-            raise MessageError("schema", f"{path} is a {_name(value)}, expected a map")
-        return _build(hint, value, path)
-    raise TypeError(f"no decoder for {hint!r} at {path}")  # a bug in a record, not bad input
+        record = hint
+
+        def nested(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise MessageError("schema", f"{path} is a {_name(value)}, expected a map")
+            return _build(record, value, path)
+
+        return nested
+    raise TypeError(f"no decoder for {hint!r}")  # a bug in a record, not bad input
 
 
 def _check_str(value: Any, path: str) -> str:

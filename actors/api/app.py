@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from batchfarm.actors.api import jobs, nodes, page
+from batchfarm.actors.api import jobs, nodes, page, scaling
 from batchfarm.actors.api.auth import BearerAuth
 from batchfarm.actors.api.metrics import ApiMetrics
 from batchfarm.actors.api.openapi import document
@@ -167,6 +167,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{jobs.PREFIX}/health", health, methods=["GET"]),
         *jobs.ROUTES,
         *nodes.ROUTES,
+        *scaling.ROUTES,
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

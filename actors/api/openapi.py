@@ -151,6 +151,20 @@ _FAILURE = _obj(task=_STR, stage=_STR, part=_INT, error={"type": ["object", "nul
 _RESULT = _obj(
     task=_STR, stage=_STR, part=_INT, key=_STR, size={"type": ["integer", "null"]}, url=_STR
 )
+_SCALING_EVENT = _obj(
+    id=_INT,
+    time=_NUM,
+    node_class=_STR,
+    provider=_STR,
+    direction={"type": "string", "enum": ["out", "in", "hold"]},
+    desired_before=_INT,
+    desired_after=_INT,
+    backlog={**_INT, "description": "waiting plus running tasks when deciding"},
+    rate={**_NUM, "description": "tasks per second one node finishes"},
+    nodes={**_INT, "description": "nodes up when deciding"},
+    reason=_STR,
+    details={"type": "object", "description": "the figures the decision was made from"},
+)
 SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
     "Job": _obj(**_JOB_FIELDS),
@@ -165,6 +179,17 @@ SCHEMAS: dict[str, Any] = {
     "Result": _RESULT,
     "Node": _NODE,
     "Worker": _WORKER,
+    "ScalingEvent": _SCALING_EVENT,
+    "Scaling": _obj(
+        provider={**_STR, "description": '"local", "aws", or "" when the autoscaler is off'},
+        node_class=_STR,
+        min_nodes=_INT,
+        max_nodes=_INT,
+        desired={"type": ["integer", "null"], "description": "nodes as last decided"},
+        nodes={**_INT, "description": "nodes of the class reporting now"},
+        last_decision={"oneOf": [_ref("ScalingEvent"), {"type": "null"}]},
+        events={"type": "array", "items": _ref("ScalingEvent")},
+    ),
 }
 
 
@@ -363,6 +388,14 @@ PATHS: dict[str, Any] = {
     f"{PREFIX}/nodes/{{node}}/resume": _node_command("Resume a paused node"),
     f"{PREFIX}/nodes/{{node}}/cordon": _CORDON,
     f"{PREFIX}/nodes/{{node}}/uncordon": _UNCORDON,
+    f"{PREFIX}/scaling": {
+        "get": _op(
+            "The autoscaler: provider, limits, the fleet, the last decision, recent events",
+            _json(_ref("Scaling")),
+            400,
+            parameters=[_query("limit", "at most this many events (1 to 1000)", _INT)],
+        )
+    },
     "/metrics": {
         "get": _op(
             "The grid's metrics, Prometheus text format",
