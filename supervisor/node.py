@@ -24,7 +24,7 @@ from pathlib import Path
 
 from batchfarm.actors.backends import open_task_queues
 from batchfarm.actors.backends.queue.priority import TaskQueues
-from batchfarm.actors.errors import BatchfarmError, QueueError
+from batchfarm.actors.errors import BatchfarmError, ConfigError, QueueError
 from batchfarm.actors.handlers.ffmpeg import threads_for
 from batchfarm.actors.messages import Command, NodeState, Record, WorkerStatus
 from batchfarm.actors.runtime import Actor, ExitCode
@@ -33,7 +33,9 @@ from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker.actor import WorkerActor, WorkerSpec
 from batchfarm.actors.worker.leases import hand_back_anywhere
 from batchfarm.supervisor import cpus
+from batchfarm.supervisor.metrics import serve as serve_metrics
 from batchfarm.supervisor.report import heartbeat, metrics
+from batchfarm.supervisor.scalein import ScaleIn
 from batchfarm.supervisor.telemetry import Telemetry
 from batchfarm.supervisor.watcher import RestartPolicy, Watcher, WatcherEvent
 
@@ -83,6 +85,17 @@ class Node(Actor):
         self.cpus = cpus.available_cpus()
         count = cpus.worker_count(self.settings.node.workers, self.cpus)
         self.sampler = cpus.StatsSampler()
+        try:
+            self.metrics = serve_metrics(self.settings.node.metrics_listen)
+        except ConfigError as error:
+            log.error("%s", error)
+            self.stop(ExitCode.CONFIG)
+            return
+        self.scale_in: ScaleIn | None = None
+        if self.settings.node.metadata_url:
+            self.scale_in = ScaleIn(self.settings.node)
+            self.scale_in.start()
+            self.every(1.0, self._check_notices)
         self.queue: TaskQueues = open_task_queues(self.settings.queue)
         self.telemetry = Telemetry(
             self.context, self.settings.node.manager, self.name, self.settings.node.telemetry_buffer
@@ -106,9 +119,16 @@ class Node(Actor):
             if slot.process is not None:
                 slot.process.join(1.0)  # reaped below, so its handles are closed
         self.watcher.poll()
+        # The last heartbeat says the node is going, so the manager records it stopped,
+        # not lost, once it falls silent.
+        self.state = "stopping"
         self._heartbeat()
         self.telemetry.close()
         self.queue.close()
+        if self.scale_in is not None:
+            self.scale_in.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def on_signal(self, signum: int) -> None:
         """SIGTERM/SIGINT: drain (twice: stop at once); SIGHUP: reload the config."""
@@ -152,19 +172,26 @@ class Node(Actor):
         else:
             log.warning("node %s: ignored the command %r", self.name, command.name)
 
-    def drain(self) -> None:
-        """Stop pulling tasks; running ones get ``drain_grace`` seconds, then are stopped."""
+    def drain(self, grace: float | None = None) -> None:
+        """Stop pulling tasks; running ones get ``grace`` seconds (``drain_grace``), then stop.
+
+        A node already draining keeps draining; a shorter grace (a spot notice arriving
+        during a drain) brings the stop forward.
+        """
+        grace = self.settings.node.drain_grace if grace is None else max(0.0, grace)
+        if self.state == "draining" and grace < self.settings.node.drain_grace:
+            self.after(grace, self.stop_workers)
         if self.state in ("draining", "stopping"):
             return
         self.state = "draining"
-        log.info("node %s: draining (grace %g s)", self.name, self.settings.node.drain_grace)
+        log.info("node %s: draining (grace %g s)", self.name, grace)
         for slot in self.watcher.alive():
             self._tell(slot.index, Command("drain"))
             self.watcher.stop(slot.index)
         for slot in self.watcher.slots():
             if slot.state in ("backoff", "failed"):
                 self.watcher.stop(slot.index)
-        self.after(self.settings.node.drain_grace, self.stop_workers)
+        self.after(grace, self.stop_workers)
 
     def stop_workers(self) -> None:
         """Stop every task at once and hand its message back; kill workers that linger."""
@@ -215,6 +242,8 @@ class Node(Actor):
         self.telemetry.flush()
         if self.state in ("draining", "stopping") and self.watcher.all_stopped():
             log.info("node %s: drained", self.name)
+            if self.scale_in is not None:
+                self.scale_in.drained()
             self.stop(ExitCode.OK)
         elif self.watcher.slots() and all(s.state == "failed" for s in self.watcher.slots()):
             log.error("node %s: every worker was given up on; stopping", self.name)
@@ -226,6 +255,21 @@ class Node(Actor):
         frame = heartbeat(self, stats, self.telemetry.dropped, socket.gethostname())
         self.telemetry.publish(frame)
         self.telemetry.publish(metrics(self.name, frame))
+        if self.metrics is not None:
+            self.metrics.update(frame)
+
+    def _check_notices(self) -> None:
+        """Drain on a spot, rebalance or scale-in notice from the instance metadata service."""
+        assert self.scale_in is not None
+        for notice, grace in self.scale_in.take():
+            log.warning(
+                "node %s: %s notice (%s): taking no new task, draining with %g s of grace",
+                self.name,
+                notice.kind,
+                notice.detail,
+                grace,
+            )
+            self.drain(grace)
 
     def _check_empty(self) -> None:
         if self.state != "up":

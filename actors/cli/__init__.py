@@ -36,6 +36,7 @@ VERBS = {
     "cordon": "nodes_cmd:cordon",
     "uncordon": "nodes_cmd:uncordon",
     "config": "config_cmd:config",
+    "scaling": "scaling_cmd:scaling",
 }
 
 

@@ -11,16 +11,43 @@ import tempfile
 from pathlib import Path
 
 import click
+import httpx
 
 from batchfarm.actors.cli.context import CliState
 from batchfarm.actors.runtime import run_actor
 from batchfarm.actors.runtime.process import mailbox_address
 from batchfarm.actors.settings import Settings, load
+from batchfarm.supervisor.imds import MetadataClient, MetadataError
 from batchfarm.supervisor.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def _default_name(settings: Settings) -> str:
+    """The instance id on EC2 (the autoscaler finds a node's instance by it), else the host."""
+    if settings.node.metadata_url:
+        client = MetadataClient(settings.node.metadata_url)
+        try:
+            instance_id = client.get("instance-id")
+        except (MetadataError, httpx.HTTPError) as error:
+            raise click.ClickException(
+                f"[node] metadata_url = {settings.node.metadata_url!r}: cannot read the"
+                f" instance id to name this node ({error}); pass --name"
+            ) from None
+        finally:
+            client.close()
+        if instance_id:
+            return instance_id.strip()
+        log.warning("node: the metadata service has no instance id; naming the node by host")
+    return socket.gethostname()
 
 
 @click.command("node")
-@click.option("--name", help="This node's name in the grid (default: the host name).")
+@click.option(
+    "--name",
+    help="This node's name in the grid (default: the EC2 instance id when [node]"
+    " metadata_url is set, else the host name).",
+)
 @click.option(
     "--until-empty",
     is_flag=True,
@@ -46,7 +73,7 @@ def node(state: CliState, name: str | None, until_empty: bool) -> None:
     try:
         supervisor = Node(
             settings,
-            name or socket.gethostname(),
+            name or _default_name(settings),
             run_dir,
             reload=reload,
             until_empty=until_empty,

@@ -9,18 +9,17 @@ SIGTERM should ``up`` itself die without stopping them.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
 import click
 
+from batchfarm.actors.backends.fleet.local import spawn_verb
 from batchfarm.actors.cli.client import ApiClient, ApiError
 from batchfarm.actors.cli.context import CliState
 from batchfarm.actors.errors import BatchfarmError
@@ -32,7 +31,6 @@ START_TIMEOUT_S = 60.0
 POLL_S = 0.2
 #: Seconds the manager gets to stop after SIGTERM, and the node beyond its drain grace.
 STOP_GRACE_S = 30.0
-_PR_SET_PDEATHSIG = 1
 
 
 class UpError(BatchfarmError):
@@ -93,8 +91,8 @@ def up(state: CliState, workers: int | None) -> None:
         node_env["BATCHFARM_NODE_WORKERS"] = str(workers)
     signals = _Signals()
     signals.install()
-    manager = _Child("manager", _spawn("manager", env), STOP_GRACE_S)
-    node = _Child("node", _spawn("node", node_env), settings.node.drain_grace + STOP_GRACE_S)
+    manager = _Child("manager", spawn_verb("manager", env), STOP_GRACE_S)
+    node = _Child("node", spawn_verb("node", node_env), settings.node.drain_grace + STOP_GRACE_S)
     children = (node, manager)  # the order they stop in
     died: _Child | None = None
     try:
@@ -125,31 +123,6 @@ def _ended(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
-
-
-def _spawn(verb: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchfarm.actors.cli", verb],
-        env=env,
-        process_group=0,
-        # Safe here: up starts no thread, so nothing can hold a lock across the fork.
-        preexec_fn=_term_with_parent(),  # noqa: PLW1509
-    )
-
-
-def _term_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking the kernel to send the child SIGTERM when ``up`` dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # up died before prctl: no signal would ever come
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 def _wait_ready(api: ApiClient, children: tuple[_Child, ...], signals: _Signals) -> _Child | None:

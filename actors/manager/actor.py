@@ -9,7 +9,9 @@ It runs in the main process with three parts so far:
   heartbeats and metrics go to the store in batches, and which marks silent nodes lost;
 - the schedule: jobs waiting for their start time are enqueued once it comes;
 - the HTTP API (``[api] listen``): uvicorn in a thread of its own, serving the store's views,
-  accepting jobs and steering nodes (its node commands are sent from the loop).
+  accepting jobs and steering nodes (its node commands are sent from the loop);
+- the autoscaler (``[autoscale] provider``, off by default): on the loop's timer, sizes the
+  fleet of worker nodes to the backlog (:mod:`~batchfarm.actors.manager.autoscaler`).
 
 Only the manager writes the store.
 """
@@ -24,8 +26,10 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from batchfarm.actors.api.app import package_version
 from batchfarm.actors.api.auth import check_exposure
 from batchfarm.actors.api.metrics import ApiMetrics
+from batchfarm.actors.api.scaling import AutoscalerCapacity, ScalingCollector
 from batchfarm.actors.api.server import ApiServer, api_server
 from batchfarm.actors.api.web import ApiContext
 from batchfarm.actors.backends import (
@@ -38,6 +42,7 @@ from batchfarm.actors.backends import (
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.store.models import JobState
 from batchfarm.actors.errors import BackendError, ConfigError
+from batchfarm.actors.manager.autoscaler import Autoscaler, open_autoscaled_fleet
 from batchfarm.actors.manager.cordon import CordonKeeper
 from batchfarm.actors.manager.health import NodeHealth
 from batchfarm.actors.manager.plan import SpecPlanner
@@ -75,6 +80,9 @@ class ManagerActor(Actor):
 
     def __init__(self, settings: Settings) -> None:
         check_exposure(settings.api)
+        # A bad [autoscale] stops the start here; the fleet starts no node until asked.
+        self._fleet = open_autoscaled_fleet(settings)
+        self.autoscaler: Autoscaler | None = None
         self.settings = settings
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +107,23 @@ class ManagerActor(Actor):
         self._api_completions = open_queue(settings.queue, COMPLETIONS)
         depths = {queue.name: queue for queue in self._api_tasks}
         depths[COMPLETIONS] = self._api_completions
-        self.api_metrics = ApiMetrics(self.store, depths)
+        if self._fleet is not None:
+            self.autoscaler = Autoscaler(
+                settings,
+                self.store,
+                self._fleet,
+                depth=lambda: self._loop_tasks.depth(),  # noqa: PLW0108 (opened below)
+                beats=lambda: self.telemetry.latest,
+                send=self.telemetry.send,
+            )
+        self.api_metrics = ApiMetrics(
+            self.store,
+            depths,
+            telemetry=self.telemetry,
+            capacity=None if self.autoscaler is None else AutoscalerCapacity(self.autoscaler),
+            version=package_version(),
+        )
+        self.api_metrics.registry.register(ScalingCollector(self.store))
         # Poison tasks and bad nodes, judged in the results thread; the loop pauses the
         # nodes it cordons (only the loop may use the telemetry socket).
         self.health = NodeHealth(self.store, self._blobs)
@@ -112,7 +136,7 @@ class ManagerActor(Actor):
             self._completions,
             SpecPlanner(self._stored_spec, settings.tasks),
             visibility_s=settings.queue.visibility_timeout,
-            observer=self.api_metrics.durations,
+            observer=self.api_metrics.runs,
             health=self.health,
         )
         # The loop's own queue object: the results thread's may sit in a long poll.
@@ -123,6 +147,9 @@ class ManagerActor(Actor):
         self._thread.start()
         self.every(TELEMETRY_POLL_S, self._telemetry)
         self.every(SCHEDULE_S, self._start_due_jobs)
+        if self.autoscaler is not None:
+            self.every(settings.autoscale.interval, self.autoscaler.tick)
+        self.api_metrics.loop_lag.start(self.after)
         log.info("manager: store %s, telemetry at %s", self.store.url, self.telemetry.endpoint)
 
     def on_signal(self, signum: int) -> None:
@@ -134,6 +161,8 @@ class ManagerActor(Actor):
         """Stop the API and the results thread, write what telemetry buffered, close all."""
         if self._api is not None:
             self._api.stop()
+        if self.autoscaler is not None:
+            self.autoscaler.close()  # the local fleet drains its nodes
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(RESULTS_WAIT_S + 5.0)

@@ -1,0 +1,112 @@
+"""What the autoscaler measures: task duration, idle nodes, workers per node, drained nodes.
+
+All of it comes from what the manager already has: finished tasks in the store, and the
+latest heartbeat of every node (the telemetry processor keeps them in memory), so deciding
+costs one aggregate query and one queue depth read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+
+from batchfarm.actors.backends.store import Store, TaskState
+from batchfarm.actors.backends.store.engine import store_errors
+from batchfarm.actors.backends.store.models import STAGES, TASKS
+from batchfarm.actors.messages import Heartbeat
+from batchfarm.actors.settings.model import Settings
+
+#: Seconds of finished tasks the measured task duration is the mean of.
+DURATION_WINDOW_S = 900.0
+#: Worker states of a node that is doing (or about to do) work.
+_WORKING = ("busy", "starting")
+#: Worker states of a worker that will take no more work.
+_DONE = ("stopped", "failed")
+
+
+def recent_task_seconds(store: Store, node_class: str, since: float) -> float | None:
+    """Mean run time (start to finish) of the class's tasks that succeeded since ``since``.
+
+    None when none did: the policy then assumes ``[autoscale] default_task``.
+    """
+    t = TASKS.c
+    query = (
+        sa.select(sa.func.avg(t.finished_at - t.started_at))
+        .select_from(
+            TASKS.join(STAGES, sa.and_(STAGES.c.job_id == t.job_id, STAGES.c.name == t.stage))
+        )
+        .where(
+            STAGES.c.node_class == node_class,
+            t.state == TaskState.SUCCEEDED,
+            t.finished_at >= since,
+            t.started_at.is_not(None),
+        )
+    )
+    with store_errors("measure task duration", store.url), store.engine.connect() as connection:
+        mean = connection.execute(query).scalar()
+    # AVG is a Decimal on some databases; a clock step can make a run look negative.
+    return None if mean is None or float(mean) <= 0 else float(mean)
+
+
+def node_is_busy(beat: Heartbeat) -> bool:
+    """Whether a node's latest heartbeat shows work: a task, or a worker busy or starting."""
+    return any(w.state in _WORKING or w.task is not None for w in beat.workers)
+
+
+def node_is_drained(beat: Heartbeat | None) -> bool:
+    """Whether a node told to drain is done: silent (gone), or draining with no live worker."""
+    if beat is None:
+        return True
+    return beat.state in ("draining", "stopping") and all(w.state in _DONE for w in beat.workers)
+
+
+class IdleClock:
+    """When each node last became idle, from its heartbeats (see :meth:`observe`).
+
+    A node is idle while it is up, not cordoned by itself (paused), runs no task, and its
+    workers' done and failed counts stand still: a task that started and ended between two
+    heartbeats still counts as work.
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def observe(self, beats: Mapping[str, Heartbeat], now: float) -> dict[str, float]:
+        """Update from the latest heartbeats; node id -> idle since, for each idle node."""
+        for node in set(self._since) - set(beats):
+            del self._since[node]
+        for node in set(self._counts) - set(beats):
+            del self._counts[node]
+        for node, beat in beats.items():
+            counts = (sum(w.done for w in beat.workers), sum(w.failed for w in beat.workers))
+            moved = self._counts.get(node, counts) != counts
+            self._counts[node] = counts
+            if beat.state != "up" or not beat.workers or node_is_busy(beat) or moved:
+                self._since.pop(node, None)
+            else:
+                self._since.setdefault(node, now)
+        return dict(self._since)
+
+
+def workers_per_node(settings: Settings, beats: Mapping[str, Heartbeat], known: int) -> int:
+    """Worker actors per node: configured, else the most a node reports, else a guess.
+
+    ``known`` is the last figure measured (kept while no node runs); without one, the local
+    fleet's nodes run ``[node] workers`` each (``auto``: this machine's cores) and an AWS
+    node is assumed to run one until it reports.
+    """
+    configured = settings.autoscale.workers_per_node
+    if configured:
+        return configured
+    reported = max((len(beat.workers) for beat in beats.values()), default=0)
+    if reported:
+        return reported
+    if known:
+        return known
+    if settings.autoscale.provider == "local":
+        workers = settings.node.workers
+        return workers if isinstance(workers, int) else max(1, len(os.sched_getaffinity(0)))
+    return 1
