@@ -21,7 +21,7 @@ from batchfarm.actors.errors import BlobError, BlobKeyError, BlobNotFoundError
 from batchfarm.actors.settings import StorageSettings
 from tests.aws import unique_name
 from tests.blobs.conftest import S3_CHUNK, make_bucket, s3_client, s3_settings
-from tests.blobs.relay import Relay
+from tests.faults.relay import Relay
 
 CHILD = Path(__file__).with_name("blob_child.py")
 MiB = 1024 * 1024
@@ -293,7 +293,7 @@ def test_a_large_put_and_get_keep_memory_flat(server, bucket):
 @pytest.fixture
 def relayed(moto, request):
     """A store on moto through a relay that can cut a response mid-body."""
-    relay = Relay("127.0.0.1", int(moto.endpoint.rsplit(":", 1)[1]))
+    relay = Relay("127.0.0.1", int(moto.endpoint.rsplit(":", 1)[1])).start()
     store = S3BlobStore(s3_settings(relay.endpoint, make_bucket(request, moto.endpoint)))
     yield store, relay
     store.close()
@@ -306,7 +306,7 @@ def test_a_read_cut_mid_body_resumes_where_it_broke(relayed):
     store.put("in/clip.mov", iter([data[:S3_CHUNK], data[S3_CHUNK:]]))
     relay.cut_after(S3_CHUNK + 64 * 1024)  # the headers and the first chunk, then mid-chunk
     chunks = list(store.get("in/clip.mov"))
-    assert relay.cuts == 1
+    assert relay.counts.cut_mid_response == 1
     assert b"".join(chunks) == data
     assert all(len(c) <= S3_CHUNK for c in chunks)
 
@@ -321,5 +321,5 @@ def test_an_object_replaced_during_a_cut_read_is_an_error_not_a_mix(relayed):
     store.put("in/clip.mov", b"n" * (S3_CHUNK * 2))
     with pytest.raises(BlobError, match=r"'in/clip\.mov'.*replaced or deleted while it was being"):
         got.extend(stream)  # the bytes before the cut, then the error
-    assert relay.cuts == 1
+    assert relay.counts.cut_mid_response == 1
     assert set(b"".join(got)) == {ord("o")}

@@ -5,6 +5,7 @@ connection to the target, byte for byte, from an asyncio loop in a thread of its
 :meth:`Relay.cut` is in force, every open connection is reset and every new one is reset as
 soon as it is accepted, as when a link or the server's host drops: clients see
 "connection reset" at once, not a hang. :meth:`Relay.restore` lets traffic through again.
+:meth:`Relay.cut_after` ends the next response after so many bytes: a body cut short.
 The listening socket stays bound throughout, so nothing else can take the port meanwhile.
 """
 
@@ -33,6 +34,8 @@ class RelayCounts:
     refused: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    #: Responses cut mid-stream by :meth:`Relay.cut_after`.
+    cut_mid_response: int = 0
 
 
 class Relay:
@@ -46,6 +49,7 @@ class Relay:
         self.counts = RelayCounts()
         self.port = 0
         self._cut = False
+        self._cut_after: int | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="relay", daemon=True)
@@ -70,6 +74,10 @@ class Relay:
     def cut(self) -> None:
         """Reset every open connection, and every new one until :meth:`restore`."""
         self._call(self._cut_all())
+
+    def cut_after(self, size: int) -> None:
+        """End the next response stream once it has carried ``size`` bytes (mid-body)."""
+        self._cut_after = size
 
     def restore(self) -> None:
         """Forward new connections again."""
@@ -135,10 +143,27 @@ class Relay:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool
     ) -> None:
+        counted = 0  # bytes of the response being cut, since it claimed the cut
+        limit: int | None = None
         try:
             while data := await reader.read(CHUNK):
                 if self._cut:
                     return
+                if not up and limit is None and self._cut_after is not None:
+                    # The next response bytes on any connection, kept alive or new, claim
+                    # an armed cut_after, once.
+                    limit, self._cut_after = self._cut_after, None
+                if limit is not None:
+                    if counted + len(data) > limit:
+                        writer.write(data[: max(0, limit - counted)])
+                        await writer.drain()
+                        self.counts.cut_mid_response += 1
+                        # A FIN, not a reset: the client reads every byte sent, then the
+                        # body ends early, as when a server or proxy drops mid-response.
+                        if writer.can_write_eof():
+                            writer.write_eof()
+                        return
+                    counted += len(data)
                 writer.write(data)
                 await writer.drain()
                 if up:
