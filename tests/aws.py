@@ -8,12 +8,14 @@ buckets apart by name (``unique_name``) rather than resetting the server under e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +91,21 @@ def start_moto(log: Path, timeout_s: float = 30.0) -> MotoServer:
         return server
     server.stop()
     raise RuntimeError(f"moto_server on {endpoint} did not answer within {timeout_s:g} s")
+
+
+@contextlib.contextmanager
+def aws_credentials() -> Iterator[None]:
+    """:data:`CREDENTIALS` in this process's environment (children inherit them), then undone."""
+    saved = {name: os.environ.get(name) for name in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def unique_name(prefix: str) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.aws import CREDENTIALS, MotoServer, start_moto
+from tests.aws import MotoServer, aws_credentials, start_moto
 
 
 @pytest.fixture(scope="session")
@@ -17,15 +16,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     The credentials go in this process's environment, so the manager and node processes that
     tests start inherit them, as they would an instance role's.
     """
-    saved = {name: os.environ.get(name) for name in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with aws_credentials():
+        server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+        try:
+            yield server
+        finally:
+            server.stop()

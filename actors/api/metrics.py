@@ -88,11 +88,6 @@ class ApiMetrics:
             "batchfarm_build", "The batchfarm build serving this grid.", registry=self.registry
         ).info({"version": version})
 
-    @property
-    def durations(self) -> RunMetrics:
-        """The observer of recorded runs (:attr:`runs`; the name older callers use)."""
-        return self.runs
-
     def render(self) -> bytes:
         """Every metric in Prometheus' text format (reads the store and the queues)."""
         return generate_latest(self.registry)

@@ -66,7 +66,7 @@ class ApiGrid:
             self.tasks,
             self.completions,
             SpecPlanner(self._spec, self.settings.tasks),
-            observer=self.metrics.durations,
+            observer=self.metrics.runs,
         )
         for _ in range(rounds):
             ran = self.worker()

@@ -8,7 +8,6 @@ server through ``request.getfixturevalue``: ``moto`` (tests/conftest.py) and ``s
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from batchfarm.actors.backends.blobs import BlobStore
 from batchfarm.actors.backends.blobs.local import LocalBlobStore
 from batchfarm.actors.backends.blobs.s3 import S3BlobStore
 from batchfarm.actors.settings import StorageSettings
-from tests.aws import CREDENTIALS, REGION, unique_name
+from tests.aws import REGION, aws_credentials, unique_name
 from tests.blobs.seaweed import SeaweedServer, start_seaweed
 
 # Small chunks make every contract test cross chunk boundaries with small objects.
@@ -35,20 +34,14 @@ S3_CHUNK = 5 * 1024 * 1024
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
     """One ``weed mini`` for the run, with boto3's credential chain pointed at it."""
-    saved = {name: os.environ.get(name) for name in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    server = start_seaweed(folder / "data", folder / "weed.log")
-    print(f"\nweed mini ready in {server.started_s:.2f} s")
-    try:
-        yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with aws_credentials():
+        folder = tmp_path_factory.mktemp("seaweedfs")
+        server = start_seaweed(folder / "data", folder / "weed.log")
+        print(f"\nweed mini ready in {server.started_s:.2f} s")
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,18 @@ from tests.worker.grid import wait_for
 
 #: The line ``batchfarm up`` prints once the manager's API answers.
 READY = "batchfarm up: API at "
+
+
+@contextlib.contextmanager
+def running_grid(folder: Path, token: str) -> Iterator[dict[str, str]]:
+    """``batchfarm up --workers 2`` under ``folder`` with an API token; yields its environment."""
+    env = {**grid_env(folder / "state"), "BATCHFARM_API_TOKEN": token}
+    up = UpProcess(folder, env, "--workers", "2")
+    try:
+        up.wait_ready()
+        yield env
+    finally:
+        up.close()
 
 
 def grid_env(state: Path) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.grid import UpProcess, grid_env
+from tests.cli.grid import running_grid
 from tests.web.browser import FLAGS, chromium, missing
 
 TOKEN = "web-test-token"
@@ -13,14 +13,8 @@ TOKEN = "web-test-token"
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """The environment of a running grid (``batchfarm up --workers 2``) whose API has a token."""
-    folder = tmp_path_factory.mktemp("grid")
-    env = {**grid_env(folder / "state"), "BATCHFARM_API_TOKEN": TOKEN}
-    up = UpProcess(folder, env, "--workers", "2")
-    try:
-        up.wait_ready()
+    with running_grid(tmp_path_factory.mktemp("grid"), TOKEN) as env:
         yield env
-    finally:
-        up.close()
 
 
 @pytest.fixture(scope="module")

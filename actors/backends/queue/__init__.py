@@ -145,6 +145,15 @@ class TaskQueue(ABC):
     def close(self) -> None:  # noqa: B027 - most backends have nothing to release
         """Release connections; the queue is unusable afterwards."""
 
+    def __getstate__(self) -> object:
+        # A queue holds a connection or a client: each process opens its own.
+        kind = type(self).__name__
+        # "an SqsQueue", "a LocalQueue": letters whose names start with a vowel sound.
+        article = "an" if kind[0] in "AEFHILMNORSX" else "a"
+        raise QueueError(
+            f"{self!r} cannot be sent to another process; open {article} {kind} in each process"
+        )
+
     # Conveniences over the batch calls: one way to do each thing, single-message spelling.
 
     def send(self, body: str, delay_s: float = 0.0) -> str:

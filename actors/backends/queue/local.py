@@ -140,11 +140,6 @@ class LocalQueue(TaskQueue):
     def __repr__(self) -> str:
         return f"LocalQueue({str(self.path)!r}, {self.name!r}, max_receives={self.max_receives})"
 
-    def __getstate__(self) -> object:
-        raise QueueError(
-            f"{self!r} cannot be sent to another process; open a LocalQueue in each process"
-        )
-
     # -- the contract ------------------------------------------------------------------------
 
     def send_batch(self, messages: Sequence[Outgoing]) -> list[str]:

@@ -146,11 +146,6 @@ class SqsQueue(TaskQueue):
     def __repr__(self) -> str:
         return f"SqsQueue({self.sqs_name!r}, max_receives={self.max_receives})"
 
-    def __getstate__(self) -> object:
-        raise QueueError(
-            f"{self!r} cannot be sent to another process; open an SqsQueue in each process"
-        )
-
     # -- the contract ------------------------------------------------------------------------
 
     def send_batch(self, messages: Sequence[Outgoing]) -> list[str]:
