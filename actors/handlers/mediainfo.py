@@ -110,24 +110,44 @@ def read_info(path: Path, label: str | None = None, *, max_pixels: int = 2**25) 
     playlist), or one whose header is cut off raises a permanent :class:`TaskError`.
     """
     name = label or path.name
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise TaskError(f"{name}: cannot read it ({exc.strerror})", permanent=True) from exc
-    if size == 0:
-        raise TaskError(f"{name}: the file is empty, expected a media file", permanent=True)
+    container, size = open_media(path, name)
     # Imported here: only media tasks need PyAV, and a worker starts faster without it.
     import av  # noqa: PLC0415
 
+    with container:
+        try:
+            return media_facts(container, size, max_pixels=max_pixels)
+        except av.FFmpegError as exc:
+            raise _not_media(name, exc) from exc
+
+
+def open_media(path: Path, label: str) -> tuple[av.container.InputContainer, int]:
+    """Open the local media file ``path`` as ffmpeg opens a task's input; return it and its size.
+
+    Local file protocol and the :data:`INPUT_FORMATS` demuxers only. The caller closes the
+    container. An unreadable or empty file, or one that is not media of those formats (its
+    header cut off, say), raises a permanent :class:`TaskError` naming ``label``.
+    """
     try:
-        with av.open(str(path), options=dict(OPEN_OPTIONS)) as container:
-            return _facts(container, size, max_pixels)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise TaskError(f"{label}: cannot read it ({exc.strerror})", permanent=True) from exc
+    if size == 0:
+        raise TaskError(f"{label}: the file is empty, expected a media file", permanent=True)
+    import av  # noqa: PLC0415
+
+    try:
+        return av.open(str(path), options=dict(OPEN_OPTIONS)), size
     except av.FFmpegError as exc:
-        raise TaskError(
-            f"{name}: not a media file batchfarm reads ({_reason(exc)}); expected audio or"
-            f" video in one of: {INPUT_FORMATS}",
-            permanent=True,
-        ) from exc
+        raise _not_media(label, exc) from exc
+
+
+def _not_media(label: str, exc: av.FFmpegError) -> TaskError:
+    return TaskError(
+        f"{label}: not a media file batchfarm reads ({_reason(exc)}); expected audio or"
+        f" video in one of: {INPUT_FORMATS}",
+        permanent=True,
+    )
 
 
 def check_limits(info: MediaInfo, media: MediaSettings, label: str) -> None:
@@ -150,7 +170,13 @@ def check_limits(info: MediaInfo, media: MediaSettings, label: str) -> None:
         raise TaskError(f"{label}: has neither video nor audio", permanent=True)
 
 
-def _facts(container: av.container.InputContainer, size: int, max_pixels: int) -> MediaInfo:
+def media_facts(container: av.container.InputContainer, size: int, *, max_pixels: int) -> MediaInfo:
+    """The facts of an open container of ``size`` bytes, from its headers.
+
+    The display rotation needs the first video frame: it is decoded only if a frame has at
+    most ``max_pixels`` pixels, else the rotation reads 0 (``max_pixels=0``: never decode,
+    for a caller that decodes the frames itself and reads the rotation there).
+    """
     video = audio = None
     if container.streams.video:
         stream = container.streams.video[0]

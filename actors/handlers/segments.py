@@ -232,7 +232,11 @@ def concat(ctx: TaskContext) -> dict[str, Any]:
     name = concat_params(ctx.params)
     if not ctx.inputs:
         raise TaskError("concat: the task has no inputs, expected encoded segments", permanent=True)
-    parts = [_Part(path, label, read_info(path, label)) for path, label in _labelled(ctx)]
+    # Headers only (max_pixels=0: no frame decoded for the rotation, which the join keeps
+    # as it is): each segment was decoded in full when its encode was verified.
+    parts = [
+        _Part(path, label, read_info(path, label, max_pixels=0)) for path, label in _labelled(ctx)
+    ]
     videos = [part for part in parts if part.info.video is not None]
     audios = [part for part in parts if part.info.video is None and part.info.audio is not None]
     if not videos:
@@ -289,7 +293,7 @@ def _check_joined(path: Path, label: str, videos: list[_Part], audio: _Part | No
     packets, so counting and timing the packets (a fraction of a second) checks the join;
     decoding the whole title again would add a serial tail of seconds per minute of video.
     """
-    info = read_info(path, label)
+    info = read_info(path, label, max_pixels=0)
     frames = [part.info.video.frames if part.info.video else None for part in videos]
     durations = [part.info.duration_s for part in videos]
     fps = videos[0].info.video.fps if videos[0].info.video else None

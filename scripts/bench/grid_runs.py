@@ -23,6 +23,7 @@ from node_runs import (
     CpuMeter,
     Run,
     mp4_problem,
+    transcode_params,
 )
 
 from batchfarm.actors.handlers.transcode import TranscodeOptions
@@ -49,7 +50,7 @@ def run_grid(  # noqa: PLR0917 - the same shape as run_xargs, plus the node's se
         "name": "grid-bench",
         "inputs": {"files": [str(clip) for clip in clips]},
         # The handler's parameters of the same names as the options' fields the bench sets.
-        "stages": [{"name": STAGE, "handler": "transcode", "params": _params(options)}],
+        "stages": [{"name": STAGE, "handler": "transcode", "params": transcode_params(options)}],
     }
     spec = parse_spec(tree, source="grid bench", base_dir=clips[0].parent)
     with Grid(work, prefetch=prefetch, pin=pin, env=env) as grid:
@@ -66,15 +67,6 @@ def run_grid(  # noqa: PLR0917 - the same shape as run_xargs, plus the node's se
     profile = grid_profile(tasks, run.submitted_at, run.submit_s, run.wall_s, job.finished_at)
     profile["cpu_s"] = run.cpu_s
     return Run(run.wall_s, *cpu, len(clips)), profile
-
-
-def _params(options: TranscodeOptions) -> dict[str, Any]:
-    return {
-        "height": options.height,
-        "crf": options.crf,
-        "preset": options.preset,
-        "audio_bitrate": options.audio_bitrate,
-    }
 
 
 def _check_outputs(  # noqa: PLR0917 - one call site

@@ -1,12 +1,16 @@
 """Per-task overhead of the transcode handler's probe + verify vs the encode itself.
 
 One 2 s 1280x720 30 fps clip, transcoded to 480p (libx264 veryfast, CRF 23, AAC 128k) on one
-thread, as the grid benchmark's short set does. Side by side, median of --rounds runs:
+thread, as the grid benchmark's short set does (``--seconds 4 --height 720 --speed medium``:
+one segment of the segments benchmark). Side by side, median of --rounds runs:
 
 - encode: the handler's ffmpeg command alone;
 - probe+verify (PyAV): what the handler adds now: read_info of the input, then verify_output
   of the output (every packet decoded);
-- probe x2 (ffmpeg -i): what it added before: ``ffmpeg -i`` of input and output, stderr parsed.
+- verify, before: the verification as it was before it got cheaper (the output opened twice,
+  decoded on FFmpeg's default slice threads with the deblocking filter), for comparison;
+- probe x2 (ffmpeg -i): what it added before PyAV: ``ffmpeg -i`` of input and output, stderr
+  parsed.
 
 Run through ``scripts/bench/media_overhead``. Prints a table, then one line of JSON.
 """
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 from node_runs import ClipSpec, make_clips
 
 from batchfarm.actors.handlers.ffmpeg import SAFE_INPUT, find_ffmpeg
@@ -45,17 +50,44 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - start, _cpu() - cpu
 
 
+def verify_before(path: Path) -> float:
+    """The output check as it was before: facts, then a second open decoding every packet.
+
+    FFmpeg's default decoder threading (slice threads, which also turn its error concealment
+    off) and the full reconstruction, deblocking included. Returns the decoded span.
+    """
+    read_info(path, "out.mp4")
+    start: float | None = None
+    end = 0.0
+    with av.open(str(path)) as container:
+        streams = [*container.streams.video[:1], *container.streams.audio[:1]]
+        for stream in streams:
+            stream.codec_context.options = {"err_detect": "explode"}
+        for packet in container.demux(streams):
+            for frame in packet.decode():
+                if frame.pts is None or frame.time_base is None:
+                    continue
+                begin = float(frame.pts * frame.time_base)
+                start = begin if start is None else min(start, begin)
+                end = max(end, begin)
+    return end - (start or 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--height", type=int, default=480, help="output height (480)")
+    parser.add_argument("--speed", default="veryfast", help="x264 preset (veryfast)")
     args = parser.parse_args()
     ffmpeg = find_ffmpeg(MediaSettings())
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         clip = make_clips(ffmpeg, ClipSpec(1, args.seconds, 1280, 720, 30), work)[0]
         out = work / "out.mp4"
-        options = TranscodeOptions(height=480, crf=23, preset="veryfast", audio_bitrate="128k")
+        options = TranscodeOptions(
+            height=args.height, crf=23, preset=args.speed, audio_bitrate="128k"
+        )
         info = read_info(clip)
         argv = transcode_argv(
             ffmpeg, clip, out, options, 1, input_format="mov", max_pixels=33_177_600
@@ -71,7 +103,7 @@ def main() -> None:
                 label="out.mp4",
                 duration_s=info.duration_s,
                 video_codec="h264",
-                height=480,
+                height=args.height,
                 audio_codec="aac",
             )
 
@@ -79,7 +111,10 @@ def main() -> None:
             read_info(clip, "in.mp4")
 
         def verify_only() -> None:
-            verify_output(out, label="out.mp4", duration_s=info.duration_s, height=480)
+            verify_output(out, label="out.mp4", duration_s=info.duration_s, height=args.height)
+
+        def old_verify() -> None:
+            verify_before(out)
 
         def old_probes() -> None:
             for path in (clip, out):
@@ -95,6 +130,7 @@ def main() -> None:
             "probe+verify (PyAV)": pyav,
             "  probe input (PyAV)": probe_only,
             "  verify output (PyAV)": verify_only,
+            "  verify, before": old_verify,
             "probe x2 (ffmpeg -i)": old_probes,
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
@@ -111,12 +147,16 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "clip": f"{args.seconds:g}s 1280x720 30fps -> 480p x264 veryfast, 1 thread",
+                "clip": f"{args.seconds:g}s 1280x720 30fps -> {args.height}p x264 {args.speed},"
+                " 1 thread",
                 "rounds": args.rounds,
                 "encode_s": round(base, 4),
                 "pyav_probe_verify_s": round(medians["probe+verify (PyAV)"], 4),
                 "pyav_probe_s": round(medians["  probe input (PyAV)"], 4),
                 "pyav_verify_s": round(medians["  verify output (PyAV)"], 4),
+                "pyav_verify_before_s": round(medians["  verify, before"], 4),
+                "pyav_verify_cpu_s": round(cpus["  verify output (PyAV)"], 4),
+                "pyav_verify_before_cpu_s": round(cpus["  verify, before"], 4),
                 "ffmpeg_probes_s": round(medians["probe x2 (ffmpeg -i)"], 4),
                 "pyav_overhead_ratio": round(medians["probe+verify (PyAV)"] / base, 4),
                 "ffmpeg_probe_overhead_ratio": round(medians["probe x2 (ffmpeg -i)"] / base, 4),

@@ -7,7 +7,6 @@ reading completions) this needs are repeated here.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -314,6 +313,16 @@ def watch_completions(
     return seen
 
 
+def transcode_params(options: TranscodeOptions) -> dict[str, Any]:
+    """The ``transcode`` handler's params that ask for the output ``options`` describe."""
+    return {
+        "height": options.height,
+        "crf": options.crf,
+        "preset": options.preset,
+        "audio_bitrate": options.audio_bitrate,
+    }
+
+
 def run_node(  # noqa: PLR0917 - the same shape as run_xargs, plus the prefetch
     ffmpeg: str,
     clips: list[Path],
@@ -336,8 +345,7 @@ def run_node(  # noqa: PLR0917 - the same shape as run_xargs, plus the prefetch
     try:
         for clip in clips:
             blobs.put_file(f"inputs/{clip.name}", clip)
-        # The options' fields are the handler's parameters of the same names.
-        params, now = dataclasses.asdict(options), time.time()
+        params, now = transcode_params(options), time.time()
         tasks = [
             TaskBody(
                 job=JOB,
