@@ -14,11 +14,12 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import msgpack
 
+from batchfarm.actors.codec_columns import Columns, encode_columns, fast_check
 from batchfarm.actors.errors import MessageError
 from batchfarm.actors.messages import TOP_LEVEL, Record
 
@@ -46,8 +47,10 @@ def to_dict(record: Record) -> dict[str, Any]:
 
 
 def encode_frame(record: Record) -> bytes:
-    """Encode a record as a msgpack frame for ZeroMQ."""
-    data: bytes = msgpack.packb(to_dict(record), use_bin_type=True)
+    """Encode a record as a msgpack frame for ZeroMQ (its columnar lists column-wise)."""
+    out: dict[str, Any] = {"kind": record.KIND, "v": record.VERSION}
+    out.update(_plain(record, columnar=True))
+    data: bytes = msgpack.packb(out, use_bin_type=True)
     if len(data) > MAX_FRAME_BYTES:
         raise MessageError(
             "size", f"{record.KIND} frame of {len(data)} bytes; at most {MAX_FRAME_BYTES}"
@@ -68,13 +71,25 @@ def encode_body(record: Record) -> str:
     return text
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, columnar: bool = False) -> Any:
     if isinstance(value, Record):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if columnar and f.metadata.get("columnar"):
+                columns = encode_columns(item)
+                out[f.name] = (
+                    {name: _plain(column) for name, column in columns.items()}
+                    if isinstance(columns, dict)
+                    else columns
+                )
+            else:
+                out[f.name] = _plain(item, columnar)
+        return out
+    if isinstance(value, list | tuple | Columns):
+        return [_plain(v, columnar) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, columnar) for k, v in value.items()}
     return value
 
 
@@ -188,7 +203,9 @@ def _fields(cls: type[Record]) -> tuple[tuple[str, Converter, bool], ...]:
         known = tuple(
             (
                 f.name,
-                _converter(hints[f.name]),
+                _columnar(hints[f.name])
+                if f.metadata.get("columnar")
+                else _converter(hints[f.name]),
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
             )
             for f in dataclasses.fields(cls)
@@ -239,7 +256,7 @@ def _make_converter(hint: Any) -> Converter:
             return value
 
         return literal
-    if origin is list:
+    if origin in (list, Sequence):
         item = _converter(args[0])
 
         def listed(value: Any, path: str) -> Any:
@@ -267,6 +284,61 @@ def _make_converter(hint: Any) -> Converter:
 
         return nested
     raise TypeError(f"no decoder for {hint!r}")  # a bug in a record, not bad input
+
+
+def _columnar(hint: Any) -> Converter:
+    """A list of records sent row-wise (a list of maps) or column-wise (a map of lists)."""
+    rows = _converter(hint)
+    (record,) = typing.get_args(hint)
+    if not (isinstance(record, type) and issubclass(record, Record)):
+        raise TypeError(f"columnar field of {hint!r}: expected a list of records")
+
+    def columnar(value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            return rows(value, path)
+        return _columns(record, value, path)
+
+    return columnar
+
+
+#: Per record class: (name, item converter, whole-column check, required) of each field.
+_COLUMN_FIELDS: dict[type[Record], tuple[tuple[str, Converter, Any, bool], ...]] = {}
+
+
+def _columns(cls: type[Record], value: dict[Any, Any], path: str) -> Columns[Record]:
+    specs = _COLUMN_FIELDS.get(cls)
+    if specs is None:
+        hints = typing.get_type_hints(cls)
+        specs = _COLUMN_FIELDS[cls] = tuple(
+            (name, convert, fast_check(hints[name]), required)
+            for name, convert, required in _fields(cls)
+        )
+    length: int | None = None
+    first = ""
+    columns: dict[str, list[Any]] = {}
+    for name, convert, fast, required in specs:
+        column = value.get(name)
+        if column is None:
+            if required:
+                raise MessageError("schema", f"{path} column {name} is missing")
+            continue
+        if not isinstance(column, list):
+            raise MessageError("schema", f"{path}.{name} is a {_name(column)}, expected a list")
+        if length is None:
+            length, first = len(column), name
+        elif len(column) != length:
+            raise MessageError(
+                "schema",
+                f"{path}.{name} has {len(column)} values, expected {length} (as {first} has)",
+            )
+        checked = fast(column) if fast is not None else None
+        if checked is None:
+            checked = [convert(v, f"{path}[{i}].{name}") for i, v in enumerate(column)]
+        columns[name] = checked
+    if length is None:
+        raise MessageError("schema", f"{path} has no column; expected at least {specs[0][0]}")
+    # Unknown columns are ignored, as unknown fields are.
+    return Columns(cls, length, columns)
 
 
 def _check_str(value: Any, path: str) -> str:

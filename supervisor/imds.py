@@ -95,6 +95,37 @@ class MetadataClient:
         return self._token
 
 
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What prices an EC2 instance: its type, zone and lifecycle (empty where unknown)."""
+
+    instance_type: str = ""
+    zone: str = ""
+    #: ``spot`` or ``on-demand`` (IMDS ``instance-life-cycle``).
+    lifecycle: str = ""
+
+
+def read_instance(base_url: str) -> InstanceFacts:
+    """This instance's type, zone and lifecycle, read once at start; empty facts on failure.
+
+    A node without them still runs: the manager then prices it at its class's on-demand
+    price, so a failure is logged, not raised.
+    """
+    client = MetadataClient(base_url)
+    try:
+        read = [
+            (client.get(path) or "").strip()
+            for path in ("instance-type", "placement/availability-zone", "instance-life-cycle")
+        ]
+    except (MetadataError, httpx.HTTPError) as error:
+        # Not "instance metadata at ...": that line is the notice watcher's, once per outage.
+        log.warning("pricing: no instance type from %s (%s); priced on demand", base_url, error)
+        return InstanceFacts()
+    finally:
+        client.close()
+    return InstanceFacts(*read)
+
+
 def read_notices(client: MetadataClient) -> list[Notice]:
     """Every notice the metadata service holds now (one poll)."""
     notices = []

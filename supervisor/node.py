@@ -33,6 +33,7 @@ from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker.actor import WorkerActor, WorkerSpec
 from batchfarm.actors.worker.leases import hand_back_anywhere
 from batchfarm.supervisor import cpus
+from batchfarm.supervisor.imds import InstanceFacts, read_instance
 from batchfarm.supervisor.metrics import serve as serve_metrics
 from batchfarm.supervisor.report import heartbeat, metrics
 from batchfarm.supervisor.scalein import ScaleIn
@@ -76,6 +77,8 @@ class Node(Actor):
         self._pins: dict[int, list[int]] = {}  # each pinned worker's own cores
         self._lent: set[int] = set()  # workers whose tools may use every core for now
         self._empty_checks = 0
+        #: What prices this instance on EC2 (read once at start: it does not change).
+        self.instance = InstanceFacts()
         self.scratch = Path(settings.grid.state_dir) / "scratch" / f"{_safe(name)}-{os.getpid()}"
 
     # -- life -------------------------------------------------------------------------------
@@ -93,10 +96,14 @@ class Node(Actor):
             return
         self.scale_in: ScaleIn | None = None
         if self.settings.node.metadata_url:
+            self.instance = read_instance(self.settings.node.metadata_url)
             self.scale_in = ScaleIn(self.settings.node)
             self.scale_in.start()
             self.every(1.0, self._check_notices)
-        self.queue: TaskQueues = open_task_queues(self.settings.queue)
+        # Its own node class's queues: the backlog it drains and lends cores for is its class's.
+        self.queue: TaskQueues = open_task_queues(
+            self.settings.queue, (self.settings.node.node_class,)
+        )
         self.telemetry = Telemetry(
             self.context, self.settings.node.manager, self.name, self.settings.node.telemetry_buffer
         )
@@ -259,8 +266,13 @@ class Node(Actor):
             self.metrics.update(frame)
 
     def _check_notices(self) -> None:
-        """Drain on a spot, rebalance or scale-in notice from the instance metadata service."""
+        """Drain on notices from the instance metadata service; lifecycle hook calls.
+
+        A spot, rebalance or scale-in notice drains the node; the launch hook is completed
+        once the workers take tasks, and heartbeats hold a draining instance at termination.
+        """
         assert self.scale_in is not None
+        self.scale_in.tick(ready=self.state == "up" and self._workers_ready())
         for notice, grace in self.scale_in.take():
             log.warning(
                 "node %s: %s notice (%s): taking no new task, draining with %g s of grace",
@@ -270,6 +282,12 @@ class Node(Actor):
                 grace,
             )
             self.drain(grace)
+
+    def _workers_ready(self) -> bool:
+        """Whether every live worker reported itself able to take tasks (idle or busy)."""
+        alive = self.watcher.alive()
+        current = [self.statuses.get(slot.index) for slot in alive]
+        return bool(alive) and all(s is not None and s.state in ("idle", "busy") for s in current)
 
     def _check_empty(self) -> None:
         if self.state != "up":

@@ -25,8 +25,10 @@ def heartbeat(
         sample = stats.get(slot.index)
         pid = slot.process.pid if slot.process is not None else 0
         if slot.state == "failed" or status is None or status.pid != pid:
-            # Given up on, or not reporting yet: the supervisor's view is all there is.
-            state: WorkerState = "failed" if slot.state == "failed" else "starting"
+            # Given up on, stopped (its status went with its process), or not reporting yet:
+            # the supervisor's view is all there is. A drained node's workers say "stopped",
+            # so the manager sees it drained (and may terminate its instance).
+            state: WorkerState = slot.state if slot.state in ("failed", "stopped") else "starting"
             status = WorkerStatus(index=slot.index, pid=pid, state=state)
         if sample is not None:
             status = replace(status, cpu_percent=sample.cpu_percent, rss_bytes=sample.rss_bytes)
@@ -37,11 +39,15 @@ def heartbeat(
         node=node.name,
         sent_at=time.time(),
         state=node.state,
+        node_class=node.settings.node.node_class,
         host=host,
         cpu_percent=cpus.machine_cpu_percent(),
         rss_bytes=own.rss_bytes if own is not None else 0,
         workers=workers,
         dropped=dropped,
+        instance_type=node.instance.instance_type,
+        zone=node.instance.zone,
+        lifecycle=node.instance.lifecycle,
     )
 
 

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from batchfarm.actors.api import views
+from batchfarm.actors.api.deadline import FRESH_S, outlooks
 from batchfarm.actors.api.web import (
     ApiContext,
     ApiError,
@@ -44,6 +45,15 @@ _TASK_STATES = tuple(str(state) for state in TaskState)
 
 def _fleet(api: ApiContext) -> views.Fleet:
     return views.Fleet.of(api.store.nodes(), api.store.workers())
+
+
+def _extras(api: ApiContext, jobs: list[JobView], now: float) -> dict[str, views.Extras]:
+    """Each job's costs, and the autoscaler's outlook when a job has a deadline."""
+    costs = api.store.stage_costs_of(job.id for job in jobs)
+    seen = {}
+    if any(job.deadline is not None for job in jobs):
+        seen = outlooks(api.store.scaling_events(since=now - FRESH_S, limit=500), now)
+    return {job.id: views.Extras(costs.get(job.id, {}), seen) for job in jobs}
 
 
 def _job(api: ApiContext, job_id: str) -> JobView:
@@ -85,8 +95,14 @@ def list_jobs(request: Request) -> Response:
     jobs = api.store.jobs(states=states, limit=limit)
     counts = api.store.stage_counts_of(job.id for job in jobs)
     fleet, now = _fleet(api), time.time()
+    extras = _extras(api, jobs, now)
     return JSONResponse(
-        {"jobs": [views.job_view(job, counts.get(job.id, []), fleet, now) for job in jobs]}
+        {
+            "jobs": [
+                views.job_view(job, counts.get(job.id, []), fleet, now, extras[job.id])
+                for job in jobs
+            ]
+        }
     )
 
 
@@ -96,7 +112,9 @@ def get_job(request: Request) -> Response:
     job = _job(api, request.path_params["job"])
     counts = api.store.stage_counts(job.id)
     failed = api.store.tasks(job.id, states=[TaskState.FAILED], limit=FAILURES_SHOWN)
-    return JSONResponse(views.job_detail(job, counts, failed, _fleet(api), time.time()))
+    now = time.time()
+    extras = _extras(api, [job], now)[job.id]
+    return JSONResponse(views.job_detail(job, counts, failed, _fleet(api), now, extras=extras))
 
 
 def list_tasks(request: Request) -> Response:
@@ -115,8 +133,14 @@ def list_tasks(request: Request) -> Response:
         )
     tasks = api.store.tasks(job.id, stage=stage_name, states=states, limit=limit, offset=offset)
     fleet = _fleet(api)
+    costs = api.store.task_costs(job.id, [(t.stage, t.part) for t in tasks])
     return JSONResponse(
-        {"tasks": [views.task_view(t, job, stages.get(t.stage), fleet) for t in tasks]}
+        {
+            "tasks": [
+                views.task_view(t, job, stages.get(t.stage), fleet, costs.get(t.task_id, 0.0))
+                for t in tasks
+            ]
+        }
     )
 
 
@@ -129,7 +153,8 @@ def get_task(request: Request) -> Response:
     if task is None:
         raise ApiError(404, f"job {job.id!r} has no task {stage_name}/{part}")
     stage = next((s for s in api.store.stages(job.id) if s.name == stage_name), None)
-    return JSONResponse(views.task_view(task, job, stage, _fleet(api)))
+    cost = api.store.task_costs(job.id, [(task.stage, task.part)]).get(task.task_id, 0.0)
+    return JSONResponse(views.task_view(task, job, stage, _fleet(api), cost))
 
 
 def cancel(request: Request) -> Response:

@@ -24,7 +24,10 @@ Read from the store and the queues at scrape time
   ``batchfarm_node_cpu_ratio{node,node_class}``,
   ``batchfarm_node_resident_memory_bytes{node,node_class}``;
 - ``batchfarm_autoscaler_desired_nodes{node_class}``,
-  ``batchfarm_autoscaler_actual_nodes{node_class}``: only once an autoscaler feeds them.
+  ``batchfarm_autoscaler_actual_nodes{node_class}``: only once an autoscaler feeds them;
+- ``batchfarm_task_cost_dollars_total{handler,node_class}``,
+  ``batchfarm_node_cost_dollars_total{node_class}``, ``batchfarm_jobs_deadline_at_risk``
+  (:mod:`~batchfarm.actors.api.metrics_cost`).
 
 Counted in this process since it started
 (:mod:`~batchfarm.actors.api.metrics_runs`, :mod:`~batchfarm.actors.api.metrics_health`):
@@ -45,6 +48,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Info, generate_latest
 
+from batchfarm.actors.api.metrics_cost import CostCollector
 from batchfarm.actors.api.metrics_grid import CapacitySource, GridCollector
 from batchfarm.actors.api.metrics_health import (
     LoopLag,
@@ -82,6 +86,7 @@ class ApiMetrics:
         self.loop_lag = LoopLag(self.registry)
         self.store_writes = StoreWrites(store.engine, self.registry)
         self.registry.register(GridCollector(store, queues, capacity))
+        self.registry.register(CostCollector(store))
         if telemetry is not None:
             self.registry.register(TelemetryCollector(telemetry))
         Info(

@@ -24,7 +24,6 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from batchfarm.actors.api.metrics_queries import handler_totals, oldest_queued_at, worker_totals
 from batchfarm.actors.api.views import PRESENT, WAIT_REASONS, Fleet, wait_label
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.store import JobState, NodeState, Store, TaskState
@@ -101,7 +100,7 @@ class GridCollector(Collector):
         store = self._store
         yield _states("batchfarm_jobs", "Jobs by state.", JobState, store.count_jobs())
         yield _states("batchfarm_tasks", "Tasks by state.", TaskState, store.count_tasks())
-        oldest = oldest_queued_at(store)
+        oldest = store.oldest_queued_at()
         yield GaugeMetricFamily(
             "batchfarm_tasks_oldest_queued_age_seconds",
             "Seconds the task queued longest ago has waited (0 when none is queued).",
@@ -109,7 +108,7 @@ class GridCollector(Collector):
         )
         yield from _handler_families(store)
         nodes = store.nodes()
-        workers = worker_totals(store)
+        workers = store.worker_totals()
         yield _waiting(store, _fleet(nodes, workers.by_node_state))
         yield from _node_families(nodes, workers.by_node_state, workers.rss_by_node)
         yield from self._queue_families()
@@ -158,7 +157,7 @@ def _handler_families(store: Store) -> Iterable[Metric]:
         "Bytes tasks read (in) and wrote (out), by handler, from the store.",
         labels=["handler", "direction"],
     )
-    rows = handler_totals(store)
+    rows = store.handler_totals()
     handlers = sorted({row.handler for row in rows})
     counts = {(row.handler, row.state): row.count for row in rows}
     bytes_in: Counter[str] = Counter()

@@ -118,10 +118,11 @@ class TelemetryCollector(Collector):
         yield frames
         written = CounterMetricFamily(
             "batchfarm_telemetry_written",
-            "Heartbeats and metric samples written to the store.",
+            "Heartbeats (node rows), changed worker rows and metric samples written to the store.",
             labels=["kind"],
         )
         written.add_metric(["heartbeat"], counters.beats_written)
+        written.add_metric(["worker"], counters.workers_written)
         written.add_metric(["sample"], counters.samples_written)
         yield written
         yield CounterMetricFamily(

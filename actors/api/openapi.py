@@ -55,6 +55,19 @@ _JOB_FIELDS: dict[str, Any] = {
     "priority": _STR,
     "created_at": _NUM,
     "start_at": _TIME,
+    "deadline": {**_TIME, "description": "when the job should be done by, if it has a deadline"},
+    "deadline_status": {
+        "type": ["object", "null"],
+        "description": "whether the deadline will be met (null without one)",
+        "properties": {
+            "state": {
+                "type": "string",
+                "enum": ["met", "missed", "on_track", "at_risk", "unknown"],
+            },
+            "text": {**_STR, "description": "e.g. deadline 2026-12-31T18:00:00Z: on track (...)"},
+        },
+        "required": ["state", "text"],
+    },
     "started_at": _TIME,
     "finished_at": _TIME,
     "wall_s": _NUM_OR_NULL,
@@ -66,7 +79,10 @@ _JOB_FIELDS: dict[str, Any] = {
     "progress": {**_NUM, "minimum": 0, "maximum": 1},
     "eta_s": _NUM_OR_NULL,
     "throughput": {**_NUM_OR_NULL, "description": "finished tasks per second"},
+    "cost_dollars": {**_NUM, "description": "what the job's task runs cost (node-seconds x price)"},
 }
+#: What a task's, stage's or job's runs cost: run seconds x node price / node workers.
+_COST = {**_NUM, "description": "dollars: run seconds x node price per hour / 3600 / workers"}
 _STAGE = _obj(
     name=_STR,
     index=_INT,
@@ -87,6 +103,7 @@ _STAGE = _obj(
     bytes_in=_INT,
     bytes_out=_INT,
     duplicate_runs=_INT,
+    cost_dollars=_COST,
     throughput=_NUM_OR_NULL,
     eta_s=_NUM_OR_NULL,
     started_at=_TIME,
@@ -118,6 +135,7 @@ _TASK = _obj(
     bytes_out=_INT,
     duplicate_runs=_INT,
     updated_at=_NUM,
+    cost_dollars=_COST,
 )
 _WORKER = _obj(
     node_id=_STR,
@@ -144,6 +162,10 @@ _NODE = _obj(
     last_heartbeat=_NUM,
     cpu_percent=_NUM,
     rss_bytes=_INT,
+    price_per_hour={**_NUM_OR_NULL, "description": "dollars per node-hour; null if unknown"},
+    instance_type=_STR_OR_NULL,
+    zone=_STR_OR_NULL,
+    lifecycle={**_STR_OR_NULL, "description": "spot or on-demand (EC2 only)"},
     workers={"type": "array", "items": _ref("Worker")},
     busy=_INT,
 )
@@ -180,16 +202,25 @@ SCHEMAS: dict[str, Any] = {
     "Node": _NODE,
     "Worker": _WORKER,
     "ScalingEvent": _SCALING_EVENT,
-    "Scaling": _obj(
-        provider={**_STR, "description": '"local", "aws", or "" when the autoscaler is off'},
+    "ScalingClass": _obj(
+        provider={**_STR, "description": '"local", "aws", or "" when the class is not scaled'},
         node_class=_STR,
+        group={**_STR, "description": 'the Auto Scaling group ("aws")'},
         min_nodes=_INT,
         max_nodes=_INT,
+        price_per_hour={**_NUM, "description": "on-demand dollars per node-hour; 0: unknown"},
         desired={"type": ["integer", "null"], "description": "nodes as last decided"},
         nodes={**_INT, "description": "nodes of the class reporting now"},
         last_decision={"oneOf": [_ref("ScalingEvent"), {"type": "null"}]},
         events={"type": "array", "items": _ref("ScalingEvent")},
     ),
+    "Scaling": {
+        "description": "the default node class's fields, and every class in classes",
+        "allOf": [
+            _ref("ScalingClass"),
+            _obj(classes={"type": "array", "items": _ref("ScalingClass")}),
+        ],
+    },
 }
 
 
@@ -390,7 +421,7 @@ PATHS: dict[str, Any] = {
     f"{PREFIX}/nodes/{{node}}/uncordon": _UNCORDON,
     f"{PREFIX}/scaling": {
         "get": _op(
-            "The autoscaler: provider, limits, the fleet, the last decision, recent events",
+            "The autoscaler per node class: provider, limits, fleet, last decision, events",
             _json(_ref("Scaling")),
             400,
             parameters=[_query("limit", "at most this many events (1 to 1000)", _INT)],

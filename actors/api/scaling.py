@@ -3,11 +3,12 @@
 Everything is read from the store (scaling events survive a restart) and the settings, so
 the endpoint needs nothing from the manager's loop:
 
-- ``GET /api/v1/scaling``: the provider and limits, the fleet as last decided (desired) and
-  as it reports (nodes up), the last decision, and recent events, newest first;
+- ``GET /api/v1/scaling``: for each node class, the provider, limits and price, the fleet as
+  last decided (desired) and as it reports (nodes up), the last decision, and recent
+  events, newest first;
 - ``batchfarm_scaling_events_total{direction}`` (out, in, hold), from the store;
 - ``batchfarm_autoscaler_{desired,actual}_nodes{node_class}`` come from the running
-  autoscaler (:class:`AutoscalerCapacity`), through the grid collector.
+  autoscalers, one per class (:class:`AutoscalerCapacity`), through the grid collector.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from starlette.routing import BaseRoute, Route
 
 from batchfarm.actors.api.metrics_grid import Capacity
 from batchfarm.actors.api.views import PRESENT
-from batchfarm.actors.api.web import context, int_query
+from batchfarm.actors.api.web import ApiContext, context, int_query
 from batchfarm.actors.backends.store import ScalingEventView, Store
 from batchfarm.actors.backends.store.engine import store_errors
 from batchfarm.actors.backends.store.models import SCALING_EVENTS
 from batchfarm.actors.errors import BackendError
-from batchfarm.actors.manager.autoscaler import NODE_CLASS, Autoscaler
+from batchfarm.actors.manager.autoscaler import Autoscalers
 from batchfarm.actors.manager.autoscaler_events import direction
+from batchfarm.actors.settings import node_class_names, node_class_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +60,35 @@ def event_view(event: ScalingEventView) -> dict[str, Any]:
 
 
 def scaling(request: Request) -> Response:
-    """``GET /scaling``: the autoscaler's settings, the fleet, and recent decisions."""
+    """``GET /scaling``: each node class's fleet settings, its fleet and recent decisions.
+
+    The top level is the default class (as before node classes); ``classes`` lists every
+    class the config defines, the default first, each in the same form.
+    """
     api = context(request)
     limit = int_query(request, "limit", 20, 1, 1000)
-    scale = api.settings.autoscale
-    events = api.store.scaling_events(NODE_CLASS, limit=limit)
-    up = [n for n in api.store.nodes(node_class=NODE_CLASS) if n.state in PRESENT]
+    views = [class_scaling(api, name, limit) for name in node_class_names(api.settings)]
+    return JSONResponse({**views[0], "classes": views})
+
+
+def class_scaling(api: ApiContext, node_class: str, limit: int) -> dict[str, Any]:
+    """One node class in ``GET /scaling``: provider, limits, price, fleet and decisions."""
+    fleet = node_class_settings(api.settings, node_class)
+    events = api.store.scaling_events(node_class, limit=limit)
+    up = [n for n in api.store.nodes(node_class=node_class) if n.state in PRESENT]
     last = event_view(events[0]) if events else None
-    return JSONResponse(
-        {
-            "provider": scale.provider,
-            "node_class": NODE_CLASS,
-            "min_nodes": scale.min_nodes,
-            "max_nodes": scale.max_nodes,
-            "desired": last["desired_after"] if last else None,
-            "nodes": len(up),
-            "last_decision": last,
-            "events": [event_view(e) for e in events],
-        }
-    )
+    return {
+        "provider": fleet.provider,
+        "node_class": node_class,
+        "group": fleet.group,
+        "min_nodes": fleet.min_nodes,
+        "max_nodes": fleet.max_nodes,
+        "price_per_hour": fleet.price_per_hour,
+        "desired": last["desired_after"] if last else None,
+        "nodes": len(up),
+        "last_decision": last,
+        "events": [event_view(e) for e in events],
+    }
 
 
 ROUTES: list[BaseRoute] = [Route(f"{PREFIX}/scaling", scaling, methods=["GET"])]
@@ -123,14 +135,14 @@ class ScalingCollector(Collector):
 
 
 class AutoscalerCapacity:
-    """The running autoscaler's figures as the grid collector's capacity source."""
+    """The running autoscalers' figures as the grid collector's capacity source."""
 
-    def __init__(self, autoscaler: Autoscaler) -> None:
-        self._autoscaler = autoscaler
+    def __init__(self, autoscalers: Autoscalers) -> None:
+        self._autoscalers = autoscalers
 
     def capacity(self) -> Mapping[str, Capacity]:
-        """Desired and running nodes by class, as of the latest decision (none before it)."""
-        last = self._autoscaler.last
-        if last is None:
-            return {}
-        return {NODE_CLASS: Capacity(desired=last.desired_after, actual=last.nodes_up)}
+        """Desired and running nodes by class, as of each class's latest decision."""
+        return {
+            node_class: Capacity(desired=last.desired_after, actual=last.nodes_up)
+            for node_class, last in self._autoscalers.last().items()
+        }

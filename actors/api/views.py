@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from batchfarm.actors.api.deadline import ClassOutlook, deadline_status
 from batchfarm.actors.backends.store import (
     JobState,
     JobView,
@@ -142,8 +143,12 @@ def stage_view(
     previous: str | None,
     fleet: Fleet,
     now: float,
+    cost: float = 0.0,
 ) -> dict[str, Any]:
-    """One stage as the API shows it (``previous`` is the stage before, if any)."""
+    """One stage as the API shows it (``previous`` is the stage before, if any).
+
+    ``cost`` is what its tasks' runs cost, in dollars (see the store's cost queries).
+    """
     stage = counts.stage
     finished = _finished(counts.counts)
     start = stage.started_at or counts.first_started_at
@@ -171,6 +176,7 @@ def stage_view(
         "bytes_in": counts.bytes_in,
         "bytes_out": counts.bytes_out,
         "duplicate_runs": counts.duplicate_runs,
+        "cost_dollars": cost,
         "throughput": throughput,
         "eta_s": eta,
         "started_at": stage.started_at,
@@ -198,11 +204,28 @@ def stage_why(counts: StageCounts, job: JobView, previous: str | None, fleet: Fl
     return f"waiting for stage '{previous}'" if previous else None
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What a job view adds to the counts: costs, and the autoscaler's word on deadlines."""
+
+    #: Stage name -> dollars its tasks' runs cost.
+    costs: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: Node class -> the autoscaler's latest outlook on its deadlines.
+    outlooks: Mapping[str, ClassOutlook] = dataclasses.field(default_factory=dict)
+
+
+_NO_EXTRAS = Extras()
+
+
 def job_view(
-    job: JobView, stages: Sequence[StageCounts], fleet: Fleet, now: float
+    job: JobView,
+    stages: Sequence[StageCounts],
+    fleet: Fleet,
+    now: float,
+    extras: Extras = _NO_EXTRAS,
 ) -> dict[str, Any]:
-    """A job as the API lists it, with its progress, ETA and throughput."""
-    return _job(job, stages, fleet, now)[0]
+    """A job as the API lists it, with its progress, ETA, throughput, cost and deadline."""
+    return _job(job, stages, fleet, now, extras)[0]
 
 
 def job_detail(
@@ -211,16 +234,18 @@ def job_detail(
     failures: Sequence[TaskView],
     fleet: Fleet,
     now: float,
+    *,
+    extras: Extras = _NO_EXTRAS,
 ) -> dict[str, Any]:
     """A job with its stages and its first failed tasks (``failures``)."""
-    out, views = _job(job, stages, fleet, now)
+    out, views = _job(job, stages, fleet, now, extras)
     out["stages"] = views
     out["failures"] = [failure_view(task) for task in failures]
     return out
 
 
 def _job(
-    job: JobView, stages: Sequence[StageCounts], fleet: Fleet, now: float
+    job: JobView, stages: Sequence[StageCounts], fleet: Fleet, now: float, extras: Extras
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     totals = expected_totals(stages)
     views = [
@@ -231,6 +256,7 @@ def _job(
             previous=stages[i - 1].stage.name if i else None,
             fleet=fleet,
             now=now,
+            cost=extras.costs.get(counts.stage.name, 0.0),
         )
         for i, (counts, total) in enumerate(zip(stages, totals, strict=True))
     ]
@@ -242,6 +268,8 @@ def _job(
     end = job.finished_at or (now if job.state not in OVER else None)
     throughput = _rate(finished, job.started_at, end)
     running = job.state == JobState.RUNNING
+    eta = (total - finished) / throughput if running and throughput else None
+    open_classes = sorted({s.stage.node_class for s in stages if s.stage.state not in OVER})
     out = {
         "id": job.id,
         "name": job.name,
@@ -251,6 +279,8 @@ def _job(
         "priority": _PRIORITY_NAMES.get(job.priority, job.priority),
         "created_at": job.created_at,
         "start_at": job.start_at,
+        "deadline": job.deadline,
+        "deadline_status": deadline_status(job, eta, open_classes, extras.outlooks, now),
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "wall_s": _wall(job.started_at, end),
@@ -260,8 +290,9 @@ def _job(
         "done": counts.get(TaskState.SUCCEEDED, 0),
         "failed": counts.get(TaskState.FAILED, 0),
         "progress": finished / total if total else float(job.state in OVER),
-        "eta_s": (total - finished) / throughput if running and throughput else None,
+        "eta_s": eta,
         "throughput": throughput,
+        "cost_dollars": sum(extras.costs.values()),
     }
     return out, views
 
@@ -296,12 +327,13 @@ def failure_view(task: TaskView) -> dict[str, Any]:
 
 
 def task_view(
-    task: TaskView, job: JobView, stage: StageView | None, fleet: Fleet
+    task: TaskView, job: JobView, stage: StageView | None, fleet: Fleet, cost: float = 0.0
 ) -> dict[str, Any]:
-    """A task: every stored field, its id, and why it waits."""
+    """A task: every stored field, its id, why it waits, and its run's cost in dollars."""
     out = dataclasses.asdict(task)
     out["id"] = task.task_id
     out["why"] = task_why(task, job, stage, fleet)
+    out["cost_dollars"] = cost
     return out
 
 

@@ -6,6 +6,8 @@ this module maps a settings URL to its implementation. Backends know nothing of 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -16,40 +18,82 @@ from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.queue.local import LocalQueue
 from batchfarm.actors.backends.queue.priority import TaskQueues
 from batchfarm.actors.errors import BackendError
-from batchfarm.actors.settings import QueueSettings, StorageSettings, StoreSettings
+from batchfarm.actors.settings import (
+    DEFAULT_CLASS,
+    QueueSettings,
+    StorageSettings,
+    StoreSettings,
+)
 
 if TYPE_CHECKING:
     from batchfarm.actors.backends.store import Store
 
 #: The grid's queues, by role. On SQS each is ``<prefix>-<name>``, each with its ``-dlq``.
-#: ``tasks`` holds normal-priority tasks, ``tasks-high`` high-priority ones.
+#: ``tasks`` holds the default node class's normal-priority tasks, ``tasks-high`` its
+#: high-priority ones; node class ``X`` has ``tasks-X`` and ``tasks-X-high``.
 TASKS = "tasks"
 TASKS_HIGH = "tasks-high"
 COMPLETIONS = "completions"
-#: The task queue of each priority class (a job's stored priority: ``normal`` is 0, ``high``
-#: 1), highest first: workers take from a lower class only when the higher ones are empty.
+#: The default class's task queue of each priority class (a job's stored priority:
+#: ``normal`` is 0, ``high`` 1), highest first: workers take from a lower class only when
+#: the higher ones are empty.
 TASK_QUEUES: dict[int, str] = {1: TASKS_HIGH, 0: TASKS}
 
 
-def task_queue_name(priority: int) -> str:
-    """The name of the task queue a job of ``priority`` sends its tasks to."""
-    for level in sorted(TASK_QUEUES, reverse=True):
-        if priority >= level:
-            return TASK_QUEUES[level]
-    return TASK_QUEUES[min(TASK_QUEUES)]
+def task_queue_name(priority: int, node_class: str = DEFAULT_CLASS) -> str:
+    """The name of the queue a job of ``priority`` sends a stage of ``node_class`` to.
+
+    The default class keeps the names grids had before node classes (``tasks``,
+    ``tasks-high``); class ``X`` gets ``tasks-X`` and ``tasks-X-high``.
+    """
+    level = min(TASK_QUEUES)
+    for candidate in sorted(TASK_QUEUES, reverse=True):
+        if priority >= candidate:
+            level = candidate
+            break
+    name = TASK_QUEUES[level]
+    if node_class == DEFAULT_CLASS:
+        return name
+    return f"{TASKS}-{node_class}{name[len(TASKS) :]}"
 
 
-def open_task_queues(settings: QueueSettings) -> TaskQueues:
-    """Open the task queue of every priority class (close them with ``close()``)."""
-    opened: dict[int, TaskQueue] = {}
+def open_task_queues(
+    settings: QueueSettings,
+    node_classes: Iterable[str] = (DEFAULT_CLASS,),
+    *,
+    open_others: bool = False,
+) -> TaskQueues:
+    """Open the task queue of every priority class of each of ``node_classes``.
+
+    A node opens its own class's (``[node] node_class``), the manager every class's
+    (:func:`~batchfarm.actors.settings.node_class_names`) and, with ``open_others``, any
+    other class's when first asked for it (see :class:`TaskQueues`). Close them with
+    ``close()``.
+    """
+    opened: dict[str, dict[int, TaskQueue]] = {}
     try:
-        for level, name in TASK_QUEUES.items():
-            opened[level] = open_queue(settings, name)
+        for node_class in node_classes:
+            opened[node_class] = _open_class(settings, node_class)
     except BaseException:
-        for queue in opened.values():
+        for queues in opened.values():
+            for queue in queues.values():
+                queue.close()
+        raise
+    opener = functools.partial(_open_class, settings) if open_others else None
+    return TaskQueues(by_class=opened, opener=opener)
+
+
+def _open_class(settings: QueueSettings, node_class: str) -> dict[int, TaskQueue]:
+    """The task queues of ``node_class``, by priority class."""
+    queues: dict[int, TaskQueue] = {}
+    try:
+        for level in TASK_QUEUES:
+            queues[level] = open_queue(settings, task_queue_name(level, node_class))
+    except BaseException:
+        for queue in queues.values():
             queue.close()
         raise
-    return TaskQueues(opened)
+    return queues
 
 
 def open_queue(settings: QueueSettings, name: str) -> TaskQueue:

@@ -12,6 +12,7 @@ import click
 
 from batchfarm.actors.cli.context import CliState
 from batchfarm.actors.settings import Settings, load
+from batchfarm.actors.settings.fields import toml_inline
 
 
 @click.group()
@@ -62,6 +63,9 @@ def _masked(settings: Settings) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for section in dataclasses.fields(settings):
         values = getattr(settings, section.name)
+        if section.metadata.get("table"):  # [classes.NAME]: one inline table per name
+            out[section.name] = dict(values)
+            continue
         out[section.name] = {
             f.name: MASK
             if f.metadata.get("secret") and getattr(values, f.name)
@@ -83,6 +87,8 @@ def _without_password(value: Any) -> Any:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return toml_inline(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

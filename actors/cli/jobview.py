@@ -68,19 +68,45 @@ def counts_text(tasks: Mapping[str, int]) -> str:
 
 
 def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
-    """``status`` without a job: id, name, state, progress and why, newest first."""
+    """``status`` without a job: id, name, state, progress and why, newest first.
+
+    When a job has a deadline, a ``deadline`` column says whether each will be met.
+    """
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "name", "state", "progress", "why"):
+    deadlines = any(job.get("deadline_status") for job in jobs)
+    columns = ("id", "name", "state", "progress", *(("deadline",) if deadlines else ()), "why")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for job in jobs:
-        table.add_row(
-            job["id"],
-            job.get("name") or "",
-            state_text(job["state"]),
-            done_text(job),
-            job.get("why") or "",
-        )
+        row: list[str | Text] = [job["id"], job.get("name") or "", state_text(job["state"])]
+        row.append(done_text(job))
+        if deadlines:
+            row.append(deadline_text(job, short=True))
+        row.append(job.get("why") or "")
+        table.add_row(*row)
     return table
+
+
+#: Deadline states, coloured.
+_DEADLINE_STYLES = {
+    "met": "green",
+    "on_track": "green",
+    "at_risk": "yellow",
+    "missed": "red",
+}
+
+
+def deadline_text(job: Mapping[str, Any], *, short: bool = False) -> Text:
+    """Whether the job's deadline will be met: "on track" (short) or the API's whole text."""
+    status = job.get("deadline_status")
+    if not isinstance(status, Mapping):
+        return Text("")
+    state = str(status.get("state", ""))
+    # The long form goes on a row labelled "deadline" already.
+    text = (
+        state.replace("_", " ") if short else str(status.get("text", "")).removeprefix("deadline ")
+    )
+    return Text(text, style=_DEADLINE_STYLES.get(state, ""))
 
 
 def job_summary(job: Mapping[str, Any]) -> Table:
@@ -105,6 +131,8 @@ def job_summary(job: Mapping[str, Any]) -> Table:
     ]
     if job.get("start_at") and not job.get("started_at"):
         rows.append(("starts", show.when(job["start_at"])))
+    if job.get("deadline_status"):
+        rows.append(("deadline", deadline_text(job)))
     rows += [
         ("started", show.when(job.get("started_at"))),
         ("finished", show.when(job.get("finished_at"))),
@@ -115,17 +143,24 @@ def job_summary(job: Mapping[str, Any]) -> Table:
         ),
         ("time", f"wall {show.duration(job.get('wall_s'))}, CPU {show.duration(job.get('cpu_s'))}"),
     ]
+    if job.get("cost_dollars"):
+        # Only where nodes are priced ([autoscale] price_per_hour, spot prices).
+        rows.append(("cost", show.dollars(job["cost_dollars"])))
     for label, value in rows:
         table.add_row(label, value)
     return table
 
 
 def stages_table(stages: Sequence[Mapping[str, Any]]) -> Table:
-    """Per stage: counts, progress, wall and CPU time, throughput, ETA, failures."""
+    """Per stage: counts, progress, wall and CPU time, throughput, ETA, failures, cost.
+
+    The cost column is there when a stage cost something (its nodes are priced).
+    """
     table = Table(title="Stages", title_justify="left", header_style="bold")
+    costs = any(stage.get("cost_dollars") for stage in stages)
     for column in ("stage", "handler", "state", "tasks", "progress"):
         table.add_column(column, overflow="fold")
-    for column in ("wall", "CPU", "throughput", "ETA", "failed"):
+    for column in ("wall", "CPU", "throughput", "ETA", "failed", *(("cost",) if costs else ())):
         table.add_column(column, justify="right")
     for stage in stages:
         mode = stage.get("mode")
@@ -141,6 +176,7 @@ def stages_table(stages: Sequence[Mapping[str, Any]]) -> Table:
             show.rate(stage.get("throughput")),
             show.duration(stage.get("eta_s")),
             str(stage.get("failed", 0)),
+            *((show.dollars(stage.get("cost_dollars")),) if costs else ()),
         )
     return table
 

@@ -1,4 +1,4 @@
-"""``batchfarm scaling``: the autoscaler's fleet and its recent decisions."""
+"""``batchfarm scaling``: each node class's fleet and the autoscaler's recent decisions."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from batchfarm.actors.cli.context import CliState
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
 @click.pass_obj
 def scaling(state: CliState, limit: int, as_json: bool) -> None:
-    """Show the autoscaler: the fleet (desired, reporting, limits) and its recent decisions.
+    """Show each node class's fleet (desired, reporting, limits) and the autoscaler's decisions.
 
     Each decision says which way the fleet went (out, in, hold), the backlog and nodes it
     saw, and why.
@@ -36,22 +36,30 @@ def scaling(state: CliState, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found, indent=2, ensure_ascii=False))
         return
-    click.echo(fleet_line(found))
-    events = found.get("events") or []
-    if events:
-        show.stdout_console().print(events_table(events, time.time()))
-    else:
-        click.echo("no scaling decisions recorded yet")
+    # One block per node class (a manager before node classes sent the default one only).
+    now = time.time()
+    for at, view in enumerate(found.get("classes") or [found]):
+        if at:
+            click.echo("")
+        click.echo(fleet_line(view))
+        events = view.get("events") or []
+        if events:
+            show.stdout_console().print(events_table(events, now))
+        else:
+            click.echo("no scaling decisions recorded yet")
 
 
 def fleet_line(found: Mapping[str, Any]) -> str:
-    """One line: the provider, the fleet's desired and reporting nodes, and its limits."""
+    """One line: a class's provider, its fleet's desired and reporting nodes, and its limits."""
+    node_class = found.get("node_class", "default")
     provider = found.get("provider") or ""
     if not provider:
-        return "autoscaler: off ([autoscale] provider is empty)"
+        if node_class == "default":
+            return "autoscaler: off ([autoscale] provider is empty)"
+        return f"autoscaler: off for class {node_class} ([classes.{node_class}] provider is empty)"
     desired = found.get("desired")
     return (
-        f"autoscaler: {provider}, class {found.get('node_class', 'default')}: desired"
+        f"autoscaler: {provider}, class {node_class}: desired"
         f" {'-' if desired is None else desired}, {found.get('nodes', 0)} node(s) reporting,"
         f" min {found.get('min_nodes')}, max {found.get('max_nodes')}"
     )

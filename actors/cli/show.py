@@ -101,6 +101,14 @@ def rate(per_s: float | None) -> str:
     return f"{per_s:.1f}/s"
 
 
+def dollars(amount: float | None) -> str:
+    """``$12.34``, or ``$0.0125`` under a dollar's cent; ``-`` for None."""
+    if amount is None:
+        return NONE
+    value = float(amount)
+    return f"${value:,.2f}" if value == 0 or value >= 0.01 else f"${value:.4f}"
+
+
 def percent(fraction: float | None) -> str:
     """``45%``; ``-`` for None."""
     return NONE if fraction is None else f"{fraction * 100:.0f}%"

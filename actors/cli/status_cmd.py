@@ -39,10 +39,11 @@ def status(
 ) -> None:
     r"""Show the grid's jobs, or JOB with its stages, failures and performance data.
 
-    Without JOB: a table of jobs (id, name, state, progress, why), exit 0. With JOB: its
-    state, a table per stage (task counts, progress, wall and CPU time, throughput, ETA,
-    failures), the first failed tasks with their errors, and where the time of an average
-    task went in each stage (queue wait, fetch, compute, upload).
+    Without JOB: a table of jobs (id, name, state, progress, why, and whether each deadline
+    will be met when a job has one), exit 0. With JOB: its state, its deadline's verdict and
+    its cost, a table per stage (task counts, progress, wall and CPU time, throughput, ETA,
+    failures, cost), the first failed tasks with their errors, and where the time of an
+    average task went in each stage (queue wait, fetch, compute, upload).
 
     \b
     Exit codes with JOB: 0 it succeeded or is still pending, scheduled or running,

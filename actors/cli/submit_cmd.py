@@ -10,6 +10,7 @@ the manager refuses the job, the inputs just uploaded are deleted again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,15 @@ from batchfarm.actors.cli.jobview import exit_code, job_line
 from batchfarm.actors.cli.show import byte_progress, size
 from batchfarm.actors.cli.watch_cmd import poll_until_finished
 from batchfarm.actors.errors import BatchfarmError
+from batchfarm.actors.manager.node_classes import check_node_classes
 from batchfarm.actors.manager.plan import make_plan, new_job_id
-from batchfarm.actors.manager.spec import PRIORITIES, JobSpec, load_spec, spec_from_flags
+from batchfarm.actors.manager.spec import (
+    PRIORITIES,
+    JobSpec,
+    check_deadline,
+    load_spec,
+    spec_from_flags,
+)
 from batchfarm.actors.manager.upload import input_key, input_keys, upload_inputs
 from batchfarm.actors.settings import Settings
 
@@ -44,6 +52,11 @@ _REFUSED = (400, 413, 422)
 @click.option("--priority", type=click.Choice(list(PRIORITIES)), help="Default: normal.")
 @click.option("--at", metavar="ISO", help="Start at this time (ISO 8601 with its zone).")
 @click.option("--after", metavar="DELAY", help="Start after this delay: 90s, 10m, 2h, 1d12h.")
+@click.option(
+    "--deadline",
+    metavar="ISO",
+    help="Finish by this time (ISO 8601 with its zone); also overrides a spec file's deadline.",
+)
 @click.option("--parts", type=int, help="N tasks, each given every input, instead of one each.")
 @click.option("--max-attempts", type=int, help="Runs a task gets before it fails for good.")
 @click.option("--time-limit", type=float, help="Seconds a task may run.")
@@ -61,6 +74,7 @@ def submit(
     priority: str | None,
     at: str | None,
     after: str | None,
+    deadline: str | None,
     parts: int | None,
     max_attempts: int | None,
     time_limit: float | None,
@@ -100,6 +114,11 @@ def submit(
         if len(args) != 1:
             raise click.UsageError("expected one spec file, or --handler H and its INPUTS")
         spec = load_spec(Path(args[0]), storage_url=state.loaded.settings.storage.url)
+        if deadline is not None:
+            by = check_deadline(
+                "command line", "--deadline", deadline, spec.start_time(time.time())
+            )
+            spec = dataclasses.replace(spec, deadline=by)
     else:
         spec = spec_from_flags(
             handler,
@@ -110,6 +129,7 @@ def submit(
             priority=priority,
             at=at,
             after=after,
+            deadline=deadline,
             parts=parts,
             max_attempts=max_attempts,
             time_limit=time_limit,
@@ -123,6 +143,10 @@ def submit(
     make_plan(spec, job_id, input_keys(spec, job_id), settings.tasks, now=now)
     with ApiClient.from_loaded(state.loaded) as api:
         api.health()  # no manager, no upload
+        # The manager's node classes: a stage naming another is refused before any upload.
+        classes = [c["node_class"] for c in api.get("/scaling", {"limit": 1}).get("classes", [])]
+        if classes:  # (a manager from before node classes lists none, and has only "default")
+            check_node_classes(spec.stages, classes, spec.source)
         keys_in_order = _upload(spec, settings, job_id)
         stored = spec.to_stored(keys_in_order, spec.start_time(now))
         body: dict[str, Any] = {"id": job_id, "spec": stored}

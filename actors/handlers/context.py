@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from batchfarm.actors.errors import TaskCancelled
 from batchfarm.actors.handlers import tool
@@ -13,10 +13,44 @@ from batchfarm.actors.handlers.tool import Limits, ToolResult
 from batchfarm.actors.messages import TaskBody
 from batchfarm.actors.settings import MediaSettings
 
-__all__ = ["TaskContext", "ToolResult"]
+__all__ = ["LazyFolder", "TaskContext", "ToolResult"]
 
 
-@dataclass
+class LazyFolder:
+    """A context's folder, made on first use: a handler that never touches it costs nothing.
+
+    Most short tasks (``noop``, ``checksum`` without a manifest) write no file, and making
+    then removing a folder per task was a fifth of a worker's time on them. Reading the
+    attribute makes the folder (and its parents) if it is not there yet.
+    """
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._slot = f"_{name}_path"
+        self._made = f"_{name}_made"
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> LazyFolder: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Path: ...
+
+    def __get__(self, instance: object | None, owner: type[Any] | None = None) -> Any:
+        if instance is None:
+            # No class-level value: the dataclass field has no default.
+            raise AttributeError(self._slot)
+        values = instance.__dict__
+        path: Path = values[self._slot]
+        if not values.get(self._made):
+            path.mkdir(parents=True, exist_ok=True)
+            values[self._made] = True
+        return path
+
+    def __set__(self, instance: object, value: Path) -> None:
+        instance.__dict__[self._slot] = Path(value)
+        instance.__dict__[self._made] = False
+
+
+@dataclass(repr=False)  # a repr must not make the folders
 class TaskContext:
     """What a handler gets. It never sees the worker's internals.
 
@@ -32,10 +66,6 @@ class TaskContext:
     params: Mapping[str, Any]
     #: Local copies of ``task.inputs``, in the same order.
     inputs: list[Path]
-    #: An empty folder; files left here are the task's outputs.
-    output_dir: Path
-    #: A private temporary folder, removed after the task; tools run in it.
-    scratch: Path
     media: MediaSettings
     #: Threads a tool may use (1 for a pinned worker).
     threads: int
@@ -43,6 +73,14 @@ class TaskContext:
     progress: Callable[[float], None]
     #: True once the task must stop.
     cancelled: Callable[[], bool]
+    # Last: a LazyFolder has no class-level default, but type checkers think it has one.
+    #: An empty folder (made on first use); files left here are the task's outputs.
+    output_dir: LazyFolder = LazyFolder()
+    #: A private temporary folder (made on first use), removed after the task; tools run in it.
+    scratch: LazyFolder = LazyFolder()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task.task_id!r}, handler={self.task.handler!r})"
 
     def run_tool(
         self,

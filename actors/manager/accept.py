@@ -6,7 +6,8 @@ it uploaded the spec's files) both end here. A job arrives in its stored form (w
 this order, so that nothing is recorded or queued before every check has passed:
 
 1. the spec's submit-time checks (:func:`parse_spec`: keys, handlers, built-in params,
-   limits, the line of stages); ``inputs.files`` is refused, the server reads no local file;
+   limits, the line of stages; each stage's node class is one the grid has); ``inputs.files``
+   is refused, the server reads no local file;
 2. the job id's format (a client makes it with ``new_job_id`` to upload inputs under it);
 3. idempotency: a job with that id and the same stored spec is the job already accepted (a
    retried request is safe); with another spec it is a :class:`JobConflictError`;
@@ -33,6 +34,7 @@ from batchfarm.actors.errors import (
     SpecError,
     StoreError,
 )
+from batchfarm.actors.manager.node_classes import check_node_classes
 from batchfarm.actors.manager.plan import make_plan, new_job_id
 from batchfarm.actors.manager.spec import JobSpec, parse_spec
 from batchfarm.actors.messages import IDENT
@@ -81,6 +83,7 @@ def accept_job(
         )
         raise SpecError(source, "inputs.files", NO_VALUE, expected)
     spec = parse_spec(data, source=source, base_dir=Path("."), submit=True)
+    check_node_classes(spec.stages, tasks.node_classes(), source)
     if job_id is None:
         job_id = new_job_id(spec.name)
     elif not IDENT.fullmatch(job_id):
@@ -116,7 +119,10 @@ def accept_job(
         # Imported here: submit imports this module (submit_job ends in accept_job).
         from batchfarm.actors.manager.submit import enqueue_first  # noqa: PLC0415
 
-        enqueue_first(store, tasks, job_id, plan.bodies, priority=plan.job.priority)
+        first = spec.stages[0].node_class
+        enqueue_first(
+            store, tasks, job_id, plan.bodies, priority=plan.job.priority, node_class=first
+        )
     return job_id, True
 
 

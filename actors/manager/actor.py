@@ -10,8 +10,9 @@ It runs in the main process with three parts so far:
 - the schedule: jobs waiting for their start time are enqueued once it comes;
 - the HTTP API (``[api] listen``): uvicorn in a thread of its own, serving the store's views,
   accepting jobs and steering nodes (its node commands are sent from the loop);
-- the autoscaler (``[autoscale] provider``, off by default): on the loop's timer, sizes the
-  fleet of worker nodes to the backlog (:mod:`~batchfarm.actors.manager.autoscaler`).
+- the autoscalers (``[autoscale]`` and ``[classes.NAME]`` providers, off by default): on
+  the loop's timer, size each node class's fleet to its backlog
+  (:mod:`~batchfarm.actors.manager.autoscaler`).
 
 Only the manager writes the store.
 """
@@ -42,8 +43,9 @@ from batchfarm.actors.backends import (
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.store.models import JobState
 from batchfarm.actors.errors import BackendError, ConfigError
-from batchfarm.actors.manager.autoscaler import Autoscaler, open_autoscaled_fleet
+from batchfarm.actors.manager.autoscaler import Autoscalers, open_autoscaled_fleets
 from batchfarm.actors.manager.cordon import CordonKeeper
+from batchfarm.actors.manager.cost import NodePricer
 from batchfarm.actors.manager.health import NodeHealth
 from batchfarm.actors.manager.plan import SpecPlanner
 from batchfarm.actors.manager.results import ResultsProcessor
@@ -51,7 +53,7 @@ from batchfarm.actors.manager.submit import start_job
 from batchfarm.actors.manager.telemetry import TelemetryProcessor
 from batchfarm.actors.messages import Command
 from batchfarm.actors.runtime import Actor, ExitCode
-from batchfarm.actors.settings import Settings
+from batchfarm.actors.settings import Settings, node_class_names
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,10 @@ class ManagerActor(Actor):
 
     def __init__(self, settings: Settings) -> None:
         check_exposure(settings.api)
-        # A bad [autoscale] stops the start here; the fleet starts no node until asked.
-        self._fleet = open_autoscaled_fleet(settings)
-        self.autoscaler: Autoscaler | None = None
+        # A bad [autoscale] or [classes.NAME] stops the start here; fleets start no node
+        # until asked.
+        self._fleets = open_autoscaled_fleets(settings)
+        self.autoscaler: Autoscalers | None = None
         self.settings = settings
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,21 +101,25 @@ class ManagerActor(Actor):
             settings.node.manager,
             flush_interval=TELEMETRY_FLUSH_S,
             lost_after=MISSED_HEARTBEATS * settings.node.heartbeat_interval,
+            price=NodePricer(settings),
         )
-        self._tasks = open_task_queues(settings.queue)
+        # Every class's queues; a stored job's class the config dropped is opened on demand.
+        classes = node_class_names(settings)
+        self._tasks = open_task_queues(settings.queue, classes, open_others=True)
         self._completions = open_queue(settings.queue, COMPLETIONS)
         # The API's own objects: its threads must not wait on the results thread's polls.
         self._blobs = open_blobs(settings.storage)
-        self._api_tasks = open_task_queues(settings.queue)
+        self._api_tasks = open_task_queues(settings.queue, classes, open_others=True)
         self._api_completions = open_queue(settings.queue, COMPLETIONS)
         depths = {queue.name: queue for queue in self._api_tasks}
         depths[COMPLETIONS] = self._api_completions
-        if self._fleet is not None:
-            self.autoscaler = Autoscaler(
+        if self._fleets:
+            self.autoscaler = Autoscalers(
                 settings,
                 self.store,
-                self._fleet,
-                depth=lambda: self._loop_tasks.depth(),  # noqa: PLW0108 (opened below)
+                self._fleets,
+                # A lambda: the loop's queues are opened below.
+                depth=lambda node_class: self._loop_tasks.depth(node_class),  # noqa: PLW0108
                 beats=lambda: self.telemetry.latest,
                 send=self.telemetry.send,
             )
@@ -140,7 +147,7 @@ class ManagerActor(Actor):
             health=self.health,
         )
         # The loop's own queue object: the results thread's may sit in a long poll.
-        self._loop_tasks = open_task_queues(settings.queue)
+        self._loop_tasks = open_task_queues(settings.queue, classes, open_others=True)
         if not self._start_api(depths):
             return
         self._thread = threading.Thread(target=self._results_loop, name="results", daemon=True)

@@ -66,6 +66,7 @@ class EventLog:
         self.hold_every_s = hold_every_s
         self._last_time: float | None = None
         self._last_reason: str | None = None
+        self._last_met: bool | None = None
 
     def record(self, applied: Applied) -> int | None:
         """Store ``applied`` if it changes the fleet or is a hold worth telling; its id."""
@@ -73,7 +74,9 @@ class EventLog:
         reason = applied.decision.reason
         if applied.direction == "hold" and not applied.decision.remove:
             recent = self._last_time is not None and view.now - self._last_time < self.hold_every_s
-            if recent and reason == self._last_reason:
+            # A change in whether deadlines can be met is news: status reads it from here.
+            met = applied.decision.deadlines_met
+            if recent and reason == self._last_reason and met == self._last_met:
                 return None
         event = NewScalingEvent(
             time=view.now,
@@ -90,6 +93,7 @@ class EventLog:
                 "waiting": view.waiting,
                 "in_flight": view.in_flight,
                 "needed": applied.decision.needed,
+                "deadlines_met": applied.decision.deadlines_met,
                 "remove": list(applied.decision.remove),
                 "idle_nodes": sorted(view.idle_since),
                 "workers_per_node": applied.workers_per_node,
@@ -99,4 +103,5 @@ class EventLog:
         event_id = self.store.record_scaling_event(event)
         self._last_time = view.now
         self._last_reason = reason
+        self._last_met = applied.decision.deadlines_met
         return event_id

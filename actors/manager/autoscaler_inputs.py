@@ -1,8 +1,8 @@
-"""What the autoscaler measures: task duration, idle nodes, workers per node, drained nodes.
+"""What the autoscaler measures: task duration, deadlines, idle nodes, workers per node.
 
-All of it comes from what the manager already has: finished tasks in the store, and the
+All of it comes from what the manager already has: tasks and jobs in the store, and the
 latest heartbeat of every node (the telemetry processor keeps them in memory), so deciding
-costs one aggregate query and one queue depth read.
+costs two aggregate queries and one queue depth read.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from batchfarm.actors.backends.store import Store, TaskState
+from batchfarm.actors.backends.store import JobState, Store, TaskState
 from batchfarm.actors.backends.store.engine import store_errors
-from batchfarm.actors.backends.store.models import STAGES, TASKS
+from batchfarm.actors.backends.store.models import JOBS, STAGES, TASKS
+from batchfarm.actors.manager.autoscale import DeadlineWork
 from batchfarm.actors.messages import Heartbeat
 from batchfarm.actors.settings.model import Settings
 
@@ -24,6 +25,11 @@ DURATION_WINDOW_S = 900.0
 _WORKING = ("busy", "starting")
 #: Worker states of a worker that will take no more work.
 _DONE = ("stopped", "failed")
+#: Jobs whose deadline the autoscaler plans for: those that may run now. A scheduled job
+#: counts from its start time, a paused one once resumed: nodes for them now would idle.
+_DEADLINE_JOBS = (JobState.PENDING, JobState.RUNNING)
+#: Tasks that still have to run.
+_LEFT = (TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING)
 
 
 def recent_task_seconds(store: Store, node_class: str, since: float) -> float | None:
@@ -48,6 +54,35 @@ def recent_task_seconds(store: Store, node_class: str, since: float) -> float | 
         mean = connection.execute(query).scalar()
     # AVG is a Decimal on some databases; a clock step can make a run look negative.
     return None if mean is None or float(mean) <= 0 else float(mean)
+
+
+def deadline_work(store: Store, node_class: str) -> list[DeadlineWork]:
+    """Each pending or running job with a deadline, with its tasks left in ``node_class``.
+
+    Tasks not created yet (a chained stage's, made as the stage before completes) are not
+    counted: the policy sees them once they exist. Jobs with nothing left in the class are
+    left out.
+    """
+    t = TASKS.c
+    query = (
+        sa.select(JOBS.c.id, JOBS.c.deadline, sa.func.count().label("left"))
+        .select_from(
+            JOBS.join(TASKS, t.job_id == JOBS.c.id).join(
+                STAGES, sa.and_(STAGES.c.job_id == t.job_id, STAGES.c.name == t.stage)
+            )
+        )
+        .where(
+            JOBS.c.deadline.is_not(None),
+            JOBS.c.state.in_(list(_DEADLINE_JOBS)),
+            STAGES.c.node_class == node_class,
+            t.state.in_(list(_LEFT)),
+        )
+        .group_by(JOBS.c.id, JOBS.c.deadline)
+        .order_by(JOBS.c.deadline, JOBS.c.id)
+    )
+    with store_errors("read deadlines", store.url), store.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return [DeadlineWork(row.id, int(row.left), float(row.deadline)) for row in rows]
 
 
 def node_is_busy(beat: Heartbeat) -> bool:

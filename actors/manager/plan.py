@@ -242,6 +242,7 @@ def make_plan(
         state=JobState.SCHEDULED if later else JobState.PENDING,
         reason=f"waiting for its start time ({when})" if later else "waiting to be queued",
         start_at=start,
+        deadline=spec.deadline,
         created_at=now,
     )
     reason = "waiting for the job's start time" if later else "waiting to be queued"

@@ -1,12 +1,14 @@
 """The results processor: completion events in, tasks and stages moved on in the store.
 
 Workers send one :class:`~batchfarm.actors.messages.Completion` per run to the completion
-queue (the data plane). :class:`ResultsProcessor` takes them a receive batch at a time:
+queue (the data plane). :class:`ResultsProcessor` takes every event waiting, up to
+:data:`RECORD_BATCH` a step (receive batches taken back to back, never waiting for more):
 
 1. decode each body (a bad one is counted, copied to the dead-letter queue and deleted);
 2. record every run with one :meth:`Store.record_runs` call, which counts each task's first
    success once and recognises a redelivered event;
-3. advance the jobs the runs belong to: chain successes into the next stage, fail stages
+3. advance the jobs the runs belong to, each job and each stage it touches once per step
+   (whether a stage is done is one query): chain successes into the next stage, fail stages
    and jobs on final failures, finish stages and jobs, start fan-in and fan-out stages (a
    fan-out stage gets one task per output of the stage before, so its size is known only
    once that stage is done);
@@ -56,16 +58,19 @@ from batchfarm.actors.backends.store import (
 )
 from batchfarm.actors.codec import decode_body, encode_body
 from batchfarm.actors.errors import MessageError
+from batchfarm.actors.manager.completions import failure_reason, task_run
 from batchfarm.actors.manager.health import NodeHealth
 from batchfarm.actors.messages import Completion, TaskBody
 from batchfarm.actors.sockets import Rejects
 
 log = logging.getLogger(__name__)
 
-#: Every task state but ``succeeded``: a stage holding a task in one of them is not done.
-UNFINISHED = tuple(str(s) for s in TaskState if s != TaskState.SUCCEEDED)
 #: How long a received completion stays hidden while the processor works on it.
 VISIBILITY_S = 60.0
+#: Most completion events one step records together. A backlog of events (a flood of short
+#: tasks) is then recorded in one store transaction, and each job it touches read and moved
+#: on once, per this many events rather than per receive batch.
+RECORD_BATCH = 100
 #: Held while runs are recorded and their jobs moved on, and while a job is retried
 #: (:mod:`~batchfarm.actors.manager.retry`): within a manager the two never interleave, so a
 #: retry never reads a task between its run's record and its stage's update.
@@ -145,13 +150,14 @@ class ResultsProcessor:
         self._health = health
         self.counters = ResultsCounters()
 
-    def step(self, max_messages: int = MAX_BATCH, wait_s: float = 0.0) -> int:
-        """Handle one receive batch of completion events; returns how many messages it took.
+    def step(self, max_messages: int = RECORD_BATCH, wait_s: float = 0.0) -> int:
+        """Handle the completion events waiting, up to ``max_messages``; return how many.
 
-        Raises what the store or a queue raises; the batch's messages are then not deleted
-        and come back after the visibility timeout, to be handled again.
+        Waits up to ``wait_s`` for the first event, never for more. Raises what the store
+        or a queue raises; the step's messages are then not deleted and come back after the
+        visibility timeout, to be handled again.
         """
-        received = self._completions.receive(max_messages, wait_s, self._visibility_s)
+        received = self._receive(max_messages, wait_s)
         if not received:
             return 0
         runs: list[TaskRun] = []
@@ -180,12 +186,26 @@ class ResultsProcessor:
         if bad:
             # Kept where an operator can read them; a crash before the delete copies twice.
             dead = self._completions.dead_letters()
-            dead.send_batch([Outgoing(m.body) for m in bad])
-        result = self._completions.delete_batch([m.receipt for m in received])
-        for receipt, reason in result.failed.items():
-            # The visibility ran out and the event went to another receive: that one counts.
-            log.warning("completion receipt %s not deleted: %s", receipt, reason)
+            for start in range(0, len(bad), MAX_BATCH):
+                dead.send_batch([Outgoing(m.body) for m in bad[start : start + MAX_BATCH]])
+        for start in range(0, len(received), MAX_BATCH):
+            chunk = received[start : start + MAX_BATCH]
+            result = self._completions.delete_batch([m.receipt for m in chunk])
+            for receipt, reason in result.failed.items():
+                # The visibility ran out and the event went to another receive: that counts.
+                log.warning("completion receipt %s not deleted: %s", receipt, reason)
         return len(received)
+
+    def _receive(self, max_messages: int, wait_s: float) -> list[Received]:
+        """Up to ``max_messages`` events, in receive batches back to back while they come full."""
+        received: list[Received] = []
+        while len(received) < max_messages:
+            want = min(MAX_BATCH, max_messages - len(received))
+            batch = self._completions.receive(want, 0.0 if received else wait_s, self._visibility_s)
+            received += batch
+            if len(batch) < want:
+                break
+        return received
 
     def _count(self, runs: int, applied: RunsApplied) -> None:
         c = self.counters
@@ -226,7 +246,7 @@ class ResultsProcessor:
         if job is None or job.state == JobState.CANCELLED:
             return
         job_state = job.state
-        queue = self._tasks.for_priority(job.priority)  # the job's tasks all go to its class
+        priority = job.priority  # with each stage's node class, it picks the stage's queue
         # Positions in this list, not stored indexes, so a gap in the indexes cannot confuse.
         stages = self._store.stages(job_id)
         position = {stage.name: at for at, stage in enumerate(stages)}
@@ -254,14 +274,14 @@ class ResultsProcessor:
             if following is not None and following.mode == StageMode.CHAIN:
                 chained.setdefault(at + 1, []).append((run.part, output_keys(run.outputs)))
         for index, parts in sorted(chained.items()):
-            self._enqueue(queue, stages, index, parts)
-        finished = self._finish_stages(queue, stages, sorted(touched))
+            self._enqueue(priority, stages, index, parts)
+        finished = self._finish_stages(priority, stages, sorted(touched))
         if finished and job_state != JobState.SUCCEEDED:
             self._store.set_job_state(job_id, JobState.SUCCEEDED, None, finished_at=now)
             self.counters.jobs_succeeded += 1
 
     def _finish_stages(
-        self, queue: TaskQueue, stages: list[StageView], touched: Iterable[int]
+        self, priority: int, stages: list[StageView], touched: Iterable[int]
     ) -> bool:
         """Mark done stages succeeded and start fan-in stages; True if the last one is done."""
         checked: set[int] = set()
@@ -295,11 +315,11 @@ class ResultsProcessor:
                         for key in output_keys(task.outputs)
                     ]
                     if following.mode == StageMode.FAN_IN:
-                        self._enqueue(queue, stages, index + 1, [(0, inputs)])
+                        self._enqueue(priority, stages, index + 1, [(0, inputs)])
                     elif inputs:
                         # One task per output, numbered in the previous stage's part order.
                         parts = [(part, [key]) for part, key in enumerate(inputs)]
-                        self._enqueue(queue, stages, index + 1, parts)
+                        self._enqueue(priority, stages, index + 1, parts)
                     else:
                         self._fail_empty_fan_out(stages, index + 1)
                         break
@@ -331,21 +351,21 @@ class ResultsProcessor:
             return False
         if index > 0 and stages[index - 1].state != StageState.SUCCEEDED:
             return False
-        job, name = stage.job_id, stage.name
-        # Two index lookups (tasks by job, state, stage), never a count of a large stage.
-        if self._store.tasks(job, stage=name, states=UNFINISHED, limit=1):
-            return False
-        return bool(self._store.tasks(job, stage=name, limit=1))
+        return self._store.stage_done(stage.job_id, stage.name)
 
     def _enqueue(
         self,
-        queue: TaskQueue,
+        priority: int,
         stages: list[StageView],
         index: int,
         parts: Sequence[tuple[int, list[str]]],
     ) -> None:
-        """Create tasks of stage ``index`` (if new) and send those not yet queued to ``queue``."""
+        """Create tasks of stage ``index`` (if new) and send those not yet queued.
+
+        They go to the queue of the stage's node class for the job's ``priority``.
+        """
         stage = stages[index]
+        queue = self._tasks.for_priority(priority, stage.node_class)
         job = stage.job_id
         inputs = dict(parts)
         self._store.add_tasks(job, [NewTask(stage.name, part, keys) for part, keys in parts])
@@ -381,54 +401,11 @@ class _JobWork:
     seen: set[str] = field(default_factory=set)
 
 
-def task_run(event: Completion) -> TaskRun:
-    """The store's record of the run a completion event reports."""
-    error = None
-    if event.error is not None:
-        error = {
-            "type": event.error.type,
-            "message": event.error.message,
-            "stderr_tail": event.error.stderr_tail,
-            "permanent": event.error.permanent,
-        }
-    return TaskRun(
-        job=event.job,
-        stage=event.stage,
-        part=event.part,
-        ok=event.ok,
-        node=event.node,
-        worker=event.worker,
-        attempt=event.attempt,
-        started_at=event.started_at,
-        finished_at=event.finished_at,
-        outputs=[{"key": o.key, "size": o.size, "sha256": o.sha256} for o in event.outputs],
-        error=error,
-        final=event.final,
-        queue_wait_s=event.timings.queue_wait_s,
-        fetch_s=event.timings.fetch_s,
-        compute_s=event.timings.compute_s,
-        upload_s=event.timings.upload_s,
-        cpu_s=event.cpu_s,
-        bytes_in=event.bytes_in,
-        bytes_out=event.bytes_out,
-        result=dict(event.meta) or None,
-    )
-
-
 def output_keys(outputs: Any) -> list[str]:
     """The blob keys in a task's stored outputs (a list of ``{"key": ...}`` objects)."""
     if not isinstance(outputs, list):
         return []
     return [o["key"] for o in outputs if isinstance(o, dict) and isinstance(o.get("key"), str)]
-
-
-def failure_reason(run: TaskRun) -> str:
-    """Why a stage or job failed, naming the task and its error."""
-    error = run.error or {}
-    kind = error.get("type") or "error"
-    message = error.get("message") or "no message"
-    why = f"{run.reason}; " if run.reason else ""
-    return f"task {run.task_id} failed: {why}{kind}: {message}"
 
 
 def _part(task: TaskView) -> int:

@@ -67,10 +67,12 @@ def retry_job(store: Store, tasks: TaskQueues, job_id: str, defaults: TasksSetti
         now = time.time()
         planned = _bodies(job.spec, stages, failed, defaults)
         bodies = [replace(body, enqueued_at=now) for body in planned]
-        queue = tasks.for_priority(job.priority)
-        for start in range(0, len(bodies), MAX_BATCH):
-            chunk = bodies[start : start + MAX_BATCH]
-            queue.send_batch([Outgoing(encode_body(body)) for body in chunk])
+        for name in sorted({body.stage for body in bodies}):  # each to its stage's class
+            queue = tasks.for_priority(job.priority, stages[name].node_class)
+            of_stage = [body for body in bodies if body.stage == name]
+            for start in range(0, len(of_stage), MAX_BATCH):
+                chunk = of_stage[start : start + MAX_BATCH]
+                queue.send_batch([Outgoing(encode_body(body)) for body in chunk])
         store.update_tasks(
             TaskUpdate(
                 job_id,

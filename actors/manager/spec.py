@@ -1,8 +1,8 @@
 """Job specs: a TOML or JSON file, a stored spec, or CLI flags, read into a checked JobSpec.
 
-A spec is one tree, the same in TOML and JSON: the job's name, priority and start time, its
-inputs (local files, directories and globs, or objects already in the blob store, by key or,
-on S3, by ``s3://bucket/key`` URL), and its
+A spec is one tree, the same in TOML and JSON: the job's name, priority, start time and
+deadline, its inputs (local files, directories and globs, or objects already in the blob
+store, by key or, on S3, by ``s3://bucket/key`` URL), and its
 stages, each a handler with params, fed by the stage before it. Everything is checked here,
 before anything is uploaded or queued: unknown keys (with a did-you-mean), names, handlers, a
 built-in handler's params, limits, the line of stages (no cycle, gap or forward reference)
@@ -14,6 +14,7 @@ and that every input file exists. The first problem stops the read with a one-li
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ __all__ = [
 #: Priority classes, by name, as the store ranks them (higher runs first).
 PRIORITIES = {"normal": 0, "high": 1}
 _NAME_LEN = 128
-_JOB_KEYS = ("name", "priority", "start_at", "after", "inputs", "stages")
+_JOB_KEYS = ("name", "priority", "start_at", "after", "deadline", "inputs", "stages")
 _INPUT_KEYS = ("files", "keys")
 
 
@@ -49,8 +50,10 @@ class JobSpec:
     """A checked job spec: what to run, over which inputs, when. Picklable.
 
     ``start_at`` is an absolute start (seconds since the epoch), ``after_s`` one relative to
-    submission; at most one is set. ``files`` are local files to upload, ``keys`` objects
-    already in the blob store; the first stage's parts follow their order, files first.
+    submission; at most one is set. ``deadline`` is when the job should be done by (seconds
+    since the epoch; the autoscaler sizes the fleet for it). ``files`` are local files to
+    upload, ``keys`` objects already in the blob store; the first stage's parts follow their
+    order, files first.
     """
 
     stages: tuple[StageSpec, ...]
@@ -58,6 +61,7 @@ class JobSpec:
     priority: str = "normal"
     start_at: float | None = None
     after_s: float | None = None
+    deadline: float | None = None
     files: tuple[InputFile, ...] = ()
     keys: tuple[str, ...] = ()
     #: Where the spec came from, for messages: a file, "command line" or "stored spec".
@@ -95,6 +99,8 @@ class JobSpec:
         out: dict[str, Any] = {"name": self.name, "priority": self.priority}
         if start_at is not None:
             out["start_at"] = datetime.fromtimestamp(start_at, UTC).isoformat()
+        if self.deadline is not None:
+            out["deadline"] = datetime.fromtimestamp(self.deadline, UTC).isoformat()
         out["inputs"] = {"keys": list(input_keys)}
         out["stages"] = [stage_dict(stage) for stage in self.stages]
         return out
@@ -174,6 +180,9 @@ def parse_spec(
         raise top.error("after", top.get("after"), "expected start_at or after, not both")
     start_at = v.start_time(source, top.get("start_at")) if "start_at" in top else None
     after_s = v.duration(source, top.get("after")) if "after" in top else None
+    deadline = None
+    if "deadline" in top:
+        deadline = check_deadline(source, "deadline", top.get("deadline"), start_at, submit=submit)
 
     inputs = v.Table(source, top.get("inputs", {}), "inputs", _INPUT_KEYS)
     files: tuple[InputFile, ...] = ()
@@ -204,6 +213,7 @@ def parse_spec(
         priority=priority,
         start_at=start_at,
         after_s=after_s,
+        deadline=deadline,
         files=files,
         keys=keys,
         source=source,
@@ -216,6 +226,22 @@ def parse_spec(
         expected = f"expected at most {MAX_PARTS:,} inputs, one task each"
         raise SpecError(source, "inputs", spec.input_count, expected)
     return spec
+
+
+def check_deadline(
+    source: str, at: str, value: Any, start_at: float | None = None, *, submit: bool = True
+) -> float:
+    """A job's ``deadline`` (date-time with its zone) in epoch seconds; ``at`` names the field.
+
+    On submission it must lie ahead: after now and after the job's ``start_at``. A stored
+    spec's deadline may have passed since (the job is then late, not invalid).
+    """
+    deadline = v.start_time(source, value, at)
+    if submit and deadline <= time.time():
+        raise SpecError(source, at, value, "expected a time in the future")
+    if submit and start_at is not None and deadline <= start_at:
+        raise SpecError(source, at, value, "expected a time after the job's start_at")
+    return deadline
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,6 +262,7 @@ _FLAGS = (
     ("inputs", "INPUTS"),
     ("start_at", "--at"),
     ("after", "--after"),
+    ("deadline", "--deadline"),
     ("priority", "--priority"),
     ("name", "--name"),
 )
@@ -251,6 +278,7 @@ def spec_from_flags(
     priority: str | None = None,
     at: str | None = None,
     after: str | None = None,
+    deadline: str | None = None,
     parts: int | None = None,
     max_attempts: int | None = None,
     time_limit: float | None = None,
@@ -276,7 +304,12 @@ def spec_from_flags(
         if value is not None:
             stage[key] = value
     tree: dict[str, Any] = {"stages": [stage]}
-    for key, value in (("name", name), ("priority", priority), ("start_at", at)):
+    for key, value in (
+        ("name", name),
+        ("priority", priority),
+        ("start_at", at),
+        ("deadline", deadline),
+    ):
         if value is not None:
             tree[key] = value
     if after is not None:

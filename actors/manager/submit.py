@@ -17,11 +17,12 @@ from batchfarm.actors.backends.store import Store
 from batchfarm.actors.backends.store.models import JobState, StageState, TaskState
 from batchfarm.actors.codec import encode_body
 from batchfarm.actors.manager.accept import accept_job
+from batchfarm.actors.manager.node_classes import check_node_classes
 from batchfarm.actors.manager.plan import first_tasks, make_plan, new_job_id
 from batchfarm.actors.manager.spec import JobSpec
 from batchfarm.actors.manager.upload import input_keys, upload_inputs
 from batchfarm.actors.messages import TaskBody
-from batchfarm.actors.settings import TasksSettings
+from batchfarm.actors.settings import DEFAULT_CLASS, TasksSettings
 
 
 def submit_job(
@@ -39,6 +40,7 @@ def submit_job(
     is uploaded; the store learns of the job only once its inputs are all in the blob store
     (:func:`~batchfarm.actors.manager.accept.accept_job` records and enqueues it).
     """
+    check_node_classes(spec.stages, tasks.node_classes(), spec.source)
     job_id = new_job_id(spec.name)
     keys = input_keys(spec, job_id)
     plan = make_plan(spec, job_id, keys, defaults)
@@ -64,7 +66,8 @@ def start_job(store: Store, tasks: TaskQueues, job_id: str, defaults: TasksSetti
         return
     spec = JobSpec.from_stored(job.spec)
     bodies = first_tasks(spec, job_id, list(spec.keys), defaults)
-    enqueue_first(store, tasks, job_id, bodies, priority=job.priority)
+    node_class = spec.stages[0].node_class
+    enqueue_first(store, tasks, job_id, bodies, priority=job.priority, node_class=node_class)
 
 
 def enqueue_first(
@@ -74,8 +77,11 @@ def enqueue_first(
     bodies: list[TaskBody],
     *,
     priority: int | None = None,
+    node_class: str = DEFAULT_CLASS,
 ) -> None:
-    """Send the first stage's bodies to the job's priority queue, then mark it running.
+    """Send the first stage's bodies to its queue, then mark it running.
+
+    The queue is the one of the stage's ``node_class`` for the job's priority.
 
     ``priority`` is the job's stored priority (None: read from the store). The store is
     updated after the sends: a manager killed in between leaves the tasks pending, and
@@ -85,7 +91,7 @@ def enqueue_first(
     if priority is None:
         job = store.job(job_id)
         priority = 0 if job is None else job.priority
-    queue = tasks.for_priority(priority)
+    queue = tasks.for_priority(priority, node_class)
     now = time.time()
     stamped = [replace(body, enqueued_at=now) for body in bodies]
     for start in range(0, len(stamped), MAX_BATCH):

@@ -2,8 +2,11 @@
 
 Nodes connect DEALER sockets, whose routing id is their node id, to one ROUTER that
 :class:`TelemetryProcessor` binds. Heartbeats and metric samples are buffered and written to
-the store in batches by :meth:`~TelemetryProcessor.flush`, one store call for each kind; a
-node silent for longer than ``lost_after`` is marked lost by
+the store in batches by :meth:`~TelemetryProcessor.flush`, one store call for each kind:
+every node heard since the last flush, but of its workers only those that changed (see
+:mod:`batchfarm.actors.manager.telemetry_writes`). A heartbeat that changes a node's state
+(``stopping``, say) is written at the next :meth:`~TelemetryProcessor.tick`, not a flush
+interval later. A node silent for longer than ``lost_after`` is marked lost by
 :meth:`~TelemetryProcessor.check_lost`. Telemetry is steering, never the only copy of
 anything: a frame lost with a manager restart costs a sample, not work.
 
@@ -18,12 +21,13 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
-from batchfarm.actors.backends.store import NewSample, NodeBeat, Store, WorkerBeat
+from batchfarm.actors.backends.store import NewSample, Store
 from batchfarm.actors.backends.store.models import (
     IDENT_LEN,
     METRIC_NAME_LEN,
@@ -31,8 +35,10 @@ from batchfarm.actors.backends.store.models import (
     TASK_ID_LEN,
 )
 from batchfarm.actors.codec import encode_frame
+from batchfarm.actors.codec_columns import Columns
 from batchfarm.actors.errors import MessageError
-from batchfarm.actors.messages import Command, Heartbeat, Metrics
+from batchfarm.actors.manager.telemetry_writes import FleetWrites, worker_column
+from batchfarm.actors.messages import Command, Heartbeat, Metrics, Sample
 from batchfarm.actors.sockets import Rejects, decode_or_count, make_socket
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,10 @@ class TelemetryCounters:
     #: Frames that were not a batchfarm record, by reason.
     rejects: Rejects = field(default_factory=Rejects)
     samples_dropped: int = 0
+    #: Node rows written (one per node heard, per flush).
     beats_written: int = 0
+    #: Worker rows written (only workers that changed).
+    workers_written: int = 0
     samples_written: int = 0
     nodes_lost: int = 0
     commands_sent: int = 0
@@ -82,6 +91,7 @@ class TelemetryProcessor:
         flush_interval: float,
         lost_after: float,
         clock: Callable[[], float] = time.time,
+        price: Callable[[Heartbeat], float | None] | None = None,
     ) -> None:
         if flush_interval <= 0 or lost_after <= 0:
             raise ValueError(
@@ -90,12 +100,18 @@ class TelemetryProcessor:
             )
         self._store = store
         self._clock = clock
+        # Dollars per hour of the node a heartbeat comes from (cost.NodePricer); None: unknown.
+        self._price = price
         self.flush_interval = flush_interval
         self.lost_after = lost_after
         self.counters = TelemetryCounters()
         #: The latest heartbeat of each node, by node id (nodes marked lost are dropped).
         self.latest: dict[str, Heartbeat] = {}
-        self._beats: dict[str, NodeBeat] = {}
+        self._fleet = FleetWrites()
+        #: When each node was last heard (the manager's clock), and its state then.
+        self._heard: dict[str, tuple[float, str]] = {}
+        #: A node changed state: write at the next tick.
+        self._urgent = False
         self._samples: list[NewSample] = []
         self._routes: dict[str, bytes] = {}
         self._started = clock()
@@ -154,19 +170,25 @@ class TelemetryProcessor:
         self.counters.heartbeats += 1
         self._routes[beat.node] = routing_id
         self.latest[beat.node] = beat
-        self._beats[beat.node] = node_beat(beat, self._clock())
+        now = self._clock()
+        heard = self._heard.get(beat.node)
+        if beat.state == "stopping" or (heard is not None and heard[1] != beat.state):
+            self._urgent = True
+        self._heard[beat.node] = (now, beat.state)
+        price = self._price(beat) if self._price is not None else None
+        self._fleet.add(beat, now, price)
 
     def _on_metrics(self, metrics: Metrics) -> None:
         self.counters.metrics += 1
+        at, node, samples = metrics.sent_at, metrics.node, metrics.samples
         self._samples.extend(
-            NewSample(
-                time=metrics.sent_at,
-                name=s.name,
-                value=s.value,
-                node=metrics.node,
-                labels=dict(s.labels),
+            NewSample(time=at, name=name, value=value, node=node, labels=labels)
+            for name, value, labels in zip(
+                sample_column(samples, "name"),
+                sample_column(samples, "value"),
+                sample_column(samples, "labels"),
+                strict=True,
             )
-            for s in metrics.samples
         )
         excess = len(self._samples) - MAX_BUFFERED_SAMPLES
         if excess > 0:
@@ -178,19 +200,21 @@ class TelemetryProcessor:
     @property
     def pending(self) -> tuple[int, int]:
         """Heartbeats (one per node) and samples waiting for the next flush."""
-        return len(self._beats), len(self._samples)
+        return self._fleet.pending, len(self._samples)
 
     def flush(self) -> None:
         """Write buffered heartbeats and samples, one store call for each kind.
 
         A store error propagates and leaves the buffers as they were, for the next flush.
         """
-        self._last_flush = self._clock()
-        if self._beats:
-            beats = list(self._beats.values())
-            self._store.record_heartbeats(beats)
-            self._beats.clear()
-            self.counters.beats_written += len(beats)
+        now = self._last_flush = self._clock()
+        self._urgent = False
+        if self._fleet.pending:
+            flush = self._fleet.collect(now)
+            self._store.write_fleet(flush.changes)
+            self._fleet.done(flush)
+            self.counters.beats_written += len(flush.changes.beats)
+            self.counters.workers_written += sum(len(b.workers) for b in flush.changes.beats)
         if self._samples:
             samples = self._samples
             self._store.add_samples(samples)
@@ -208,7 +232,13 @@ class TelemetryProcessor:
         self.flush()
         if now - self._started < self.lost_after:
             return []
-        lost = self._store.mark_nodes_lost(now - self.lost_after)
+        before = now - self.lost_after
+        lost = self._store.mark_nodes_lost(before)
+        # Lost or stopped, the store changed their workers: a node back is written whole.
+        silent = [node for node, (at, _) in self._heard.items() if at < before]
+        self._fleet.forget([*lost, *silent])
+        for node in silent:
+            del self._heard[node]
         for node in lost:
             self.latest.pop(node, None)
             log.warning("node %s lost: no heartbeat for %.1f s", node, self.lost_after)
@@ -221,7 +251,7 @@ class TelemetryProcessor:
         For the actor's timer; returns the nodes newly marked lost.
         """
         now = self._clock() if now is None else now
-        if now - self._last_flush < self.flush_interval:
+        if now - self._last_flush < self.flush_interval and not self._urgent:
             return []
         return self.check_lost(now)
 
@@ -256,45 +286,31 @@ def fit_problem(record: Heartbeat | Metrics) -> str | None:
             f"{record.KIND}.node {node[:40]!r}: expected 1 to {NODE_ID_LEN} characters without '/'"
         )
     if isinstance(record, Metrics):
-        for sample in record.samples:
-            if not 0 < len(sample.name) <= METRIC_NAME_LEN:
-                name = sample.name[:40]
-                return f"metrics sample name {name!r}: expected 1 to {METRIC_NAME_LEN} characters"
+        for name in sample_column(record.samples, "name"):
+            if not 0 < len(name) <= METRIC_NAME_LEN:
+                return (
+                    f"metrics sample name {name[:40]!r}: expected 1 to {METRIC_NAME_LEN} characters"
+                )
         return None
     if len(record.node_class) > IDENT_LEN or len(record.host) > HOST_LEN:
         return (
             f"heartbeat of {node}: node_class over {IDENT_LEN} or host over {HOST_LEN} characters"
         )
-    for worker in record.workers:
-        if worker.task is not None and len(worker.task) > TASK_ID_LEN:
-            return (
-                f"heartbeat of {node}: worker {worker.index} task id over {TASK_ID_LEN} characters"
-            )
+    if max(len(record.instance_type), len(record.zone), 4 * len(record.lifecycle)) > 64:
+        return f"heartbeat of {node}: instance_type or zone over 64, lifecycle over 16 characters"
+    tasks = worker_column(record.workers, "task")
+    if max(map(len, filter(None, tasks)), default=0) > TASK_ID_LEN:
+        index = next(
+            i
+            for i, task in zip(worker_column(record.workers, "index"), tasks, strict=True)
+            if task is not None and len(task) > TASK_ID_LEN
+        )
+        return f"heartbeat of {node}: worker {index} task id over {TASK_ID_LEN} characters"
     return None
 
 
-def node_beat(beat: Heartbeat, received_at: float) -> NodeBeat:
-    """The store's record of a heartbeat, timed by the manager's clock."""
-    return NodeBeat(
-        node=beat.node,
-        time=received_at,
-        state=beat.state,
-        node_class=beat.node_class,
-        host=beat.host,
-        cpu_percent=beat.cpu_percent,
-        rss_bytes=beat.rss_bytes,
-        workers=[
-            WorkerBeat(
-                index=w.index,
-                pid=w.pid,
-                state=w.state,
-                core=w.core,
-                task=w.task,
-                done=w.done,
-                failed=w.failed,
-                cpu_percent=w.cpu_percent,
-                rss_bytes=w.rss_bytes,
-            )
-            for w in beat.workers
-        ],
-    )
+def sample_column(samples: Sequence[Sample], name: str) -> list[Any]:
+    """Field ``name`` of every sample: the decoded column itself when there is one."""
+    if isinstance(samples, Columns):
+        return samples.column(name)
+    return [getattr(sample, name) for sample in samples]

@@ -112,17 +112,17 @@ def _json_value(source: str, value: Any, at: str, depth: int) -> Any:
     raise SpecError(source, at, str(value), expected)
 
 
-def start_time(source: str, value: Any) -> float:
-    """``start_at``: a TOML date-time or ISO 8601 text, with its zone, as epoch seconds."""
+def start_time(source: str, value: Any, at: str = "start_at") -> float:
+    """``start_at`` or ``deadline``: a TOML date-time or ISO 8601 text with its zone, in epoch s."""
     expected = 'expected a date and time with its zone, such as "2026-12-03T20:00:00Z"'
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise SpecError(source, "start_at", value, expected) from None
+            raise SpecError(source, at, value, expected) from None
     if not isinstance(value, datetime) or value.tzinfo is None:
         shown = value.isoformat() if isinstance(value, date | time | datetime) else value
-        raise SpecError(source, "start_at", shown, expected)
+        raise SpecError(source, at, shown, expected)
     return value.timestamp()
 
 

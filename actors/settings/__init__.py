@@ -4,11 +4,14 @@
 environment variables, validates every value and returns :class:`Loaded`.
 """
 
+from batchfarm.actors.settings.classes import node_class_names, node_class_settings
 from batchfarm.actors.settings.load import CONFIG_ENV, ENV_PREFIX, Loaded, load
 from batchfarm.actors.settings.model import (
+    DEFAULT_CLASS,
     ApiSettings,
     GridSettings,
     MediaSettings,
+    NodeClassSettings,
     NodeSettings,
     QueueSettings,
     Settings,
@@ -19,11 +22,13 @@ from batchfarm.actors.settings.model import (
 
 __all__ = [
     "CONFIG_ENV",
+    "DEFAULT_CLASS",
     "ENV_PREFIX",
     "ApiSettings",
     "GridSettings",
     "Loaded",
     "MediaSettings",
+    "NodeClassSettings",
     "NodeSettings",
     "QueueSettings",
     "Settings",
@@ -31,4 +36,6 @@ __all__ = [
     "StoreSettings",
     "TasksSettings",
     "load",
+    "node_class_names",
+    "node_class_settings",
 ]

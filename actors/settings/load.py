@@ -3,6 +3,8 @@
 Precedence, lowest first: the field's default, the file, the environment. Every value is
 validated on the way in; the first bad one stops the load with a :class:`ConfigError` whose
 one-line message names the file (or variable), the key, the value and what was expected.
+A section of named tables (``[classes.NAME]``) comes whole from its file tables or from one
+variable (``BATCHFARM_CLASSES``, an inline TOML table of tables).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batchfarm.actors.errors import NO_VALUE, ConfigError, did_you_mean
+from batchfarm.actors.settings.classes import check_classes
 from batchfarm.actors.settings.model import STATE_DIR, Settings
 from batchfarm.actors.settings.urls import check_url
 
@@ -54,6 +57,9 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
     values: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
     for section_name, section_cls in _sections().items():
+        if section_name in _TABLE_SECTIONS:
+            values[section_name] = _load_tables(section_name, path, file_values, env, sources)
+            continue
         given = file_values.get(section_name, {})
         parsed: dict[str, Any] = {}
         for fld in dataclasses.fields(section_cls):
@@ -71,12 +77,43 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         values[section_name] = parsed
     _check_env_names(env)
     settings = _build(values, sources)
+    check_classes(settings, sources)
     return Loaded(settings=settings, sources=sources, path=path)
 
 
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Settings)
     return {f.name: hints[f.name] for f in dataclasses.fields(Settings)}
+
+
+#: Sections that are tables of named tables (``[classes.NAME]``), by name.
+_TABLE_SECTIONS = {f.name: f for f in dataclasses.fields(Settings) if f.metadata.get("table")}
+
+
+def _load_tables(
+    name: str,
+    path: Path | None,
+    file_values: Mapping[str, Any],
+    env: Mapping[str, str],
+    sources: dict[str, str],
+) -> Any:
+    """A table section (``[classes.NAME]``) from the environment (an inline table) or the file.
+
+    The environment's ``BATCHFARM_CLASSES`` replaces the file's tables whole, as any variable
+    replaces its key's value. Each table's source is recorded as ``classes.NAME``.
+    """
+    fld = _TABLE_SECTIONS[name]
+    env_name = f"{ENV_PREFIX}{name.upper()}"
+    if env_name in env:
+        tables, source = _parse_env(env_name, env[env_name], Settings, fld), env_name
+    elif name in file_values:
+        tables = _check_value(str(path), f"[{name}]", file_values[name], Settings, fld)
+        source = str(path)
+    else:
+        return fld.default
+    for table in tables:
+        sources[f"{name}.{table}"] = source
+    return tables
 
 
 def _read_file(path: Path) -> dict[str, dict[str, Any]]:
@@ -96,6 +133,8 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]]:
             raise ConfigError(str(path), f"[{name}]", NO_VALUE, f"unknown section{hint}")
         if not isinstance(table, dict):
             raise ConfigError(str(path), name, table, "expected a [section] table")
+        if name in _TABLE_SECTIONS:
+            continue  # its tables' keys are checked with their values (_check_tables)
         known = {f.name for f in dataclasses.fields(sections[name])}
         for key, value in table.items():
             if key not in known:
@@ -112,8 +151,11 @@ def _check_env_names(env: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
-        if section not in sections:
+        if section not in sections or (section in _TABLE_SECTIONS and not key):
             continue
+        if section in _TABLE_SECTIONS:
+            hint = f"; expected {ENV_PREFIX}{section.upper()} (an inline table of tables)"
+            raise ConfigError("environment", name, env[name], f"unknown setting{hint}")
         known = {f.name for f in dataclasses.fields(sections[section])}
         if key not in known:
             options = {f"{ENV_PREFIX}{section.upper()}_{k.upper()}" for k in known}
@@ -191,8 +233,8 @@ def _check_tables(
     table and key: ``[media.presets.web] crf = 99: expected ...``.
     """
     schema: type = fld.metadata["table"]
-    # "[media] presets" (file) or "BATCHFARM_MEDIA_PRESETS" (environment).
-    dotted = where[1:].replace("] ", ".") if where.startswith("[") else where
+    # "[media] presets" or "[classes]" (file), or "BATCHFARM_MEDIA_PRESETS" (environment).
+    dotted = where.strip("[]").replace("] ", ".") if where.startswith("[") else where
     if not isinstance(value, dict):
         raise ConfigError(source, where, value, "expected a table of [name] tables")
     fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -261,6 +303,9 @@ def _build(values: dict[str, dict[str, Any]], sources: Mapping[str, str]) -> Set
     grid["state_dir"] = state_dir
     built: dict[str, Any] = {}
     for name, cls in sections.items():
+        if name in _TABLE_SECTIONS:
+            built[name] = values[name]
+            continue
         given = values[name]
         for fld in dataclasses.fields(cls):
             raw = given.get(fld.name, fld.default)

@@ -1,36 +1,22 @@
 """The settings: one frozen dataclass per TOML section, every field with a default.
 
-Each field carries its documentation and limits in its metadata (see :func:`setting`), so
-the loader validates, ``batchfarm config show`` explains, and the config reference in the
-README and ``config/batchfarm.toml`` can be checked against one source.
+Each field carries its documentation and limits in its metadata (see
+:mod:`~batchfarm.actors.settings.fields`), so the loader validates, ``batchfarm config show``
+explains, and the config reference in the README and ``config/batchfarm.toml`` can be
+checked against one source.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from batchfarm.actors.settings.fields import Tables, setting, table_meta
 
 #: Placeholder in URLs and paths, replaced with ``[grid] state_dir`` when settings load.
 STATE_DIR = "{state_dir}"
-
-
-def setting(
-    default: Any,
-    doc: str,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    url: tuple[str, ...] | None = None,
-    secret: bool = False,
-) -> Any:
-    """Declare a settings field: its default, one line of documentation, and its limits.
-
-    ``url`` names the URL schemes the value may use; the empty tuple means "any SQLAlchemy
-    database URL". A ``secret`` value is never printed (``config show`` masks it).
-    """
-    meta = {"doc": doc, "min": min, "max": max, "url": url, "secret": secret}
-    return field(default=default, metadata=meta)
+#: The node class of every node and stage that names none; ``[autoscale]`` describes its fleet.
+DEFAULT_CLASS = "default"
 
 
 @dataclass(frozen=True)
@@ -189,8 +175,18 @@ class NodeSettings:
         "Termination lifecycle hook of the node's Auto Scaling group: once drained after a "
         'scale-in notice, the node completes it (CONTINUE); "" when the group has none.',
     )
+    launch_hook: str = setting(
+        "",
+        "Launch lifecycle hook of the node's Auto Scaling group: once its workers are up, the "
+        'node completes it (CONTINUE), so the instance goes InService; "" when the group has none.',
+    )
     autoscaling_group: str = setting(
         "", "The node's Auto Scaling group; \"\" reads it from the instance's metadata tags."
+    )
+    node_class: str = setting(
+        DEFAULT_CLASS,
+        'The node class this node serves: "default" or a [classes.NAME] table; its workers '
+        "take only that class's tasks.",
     )
 
 
@@ -263,24 +259,8 @@ class PresetSettings:
                 raise ValueError(f'{name} = "{value}": expected a bit rate such as "128k"')
 
 
-class Presets(dict[str, dict[str, Any]]):
-    """``[media.presets]``: preset name -> its checked table (a hashable, frozen default)."""
-
-    def __hash__(self) -> int:  # type: ignore[override]  # settings are never mutated
-        return hash(tuple(sorted((k, tuple(sorted(v.items()))) for k, v in self.items())))
-
-    def __repr__(self) -> str:
-        # As a TOML inline table, so `config show` prints what a config file would hold.
-        def value(item: Any) -> str:
-            if isinstance(item, bool):
-                return "true" if item else "false"
-            return json.dumps(item) if isinstance(item, str) else repr(item)
-
-        tables = (
-            f"{name} = {{{', '.join(f'{k} = {value(v)}' for k, v in table.items())}}}"
-            for name, table in self.items()
-        )
-        return "{" + ", ".join(tables) + "}"
+class Presets(Tables):
+    """``[media.presets]``: preset name -> its checked table."""
 
 
 @dataclass(frozen=True)
@@ -298,14 +278,10 @@ class MediaSettings:
     )
     presets: Presets = field(
         default=Presets(),
-        metadata={
-            "doc": "User presets for transcode: [media.presets.NAME] tables (see PresetSettings).",
-            "min": None,
-            "max": None,
-            "url": None,
-            "secret": False,
-            "table": PresetSettings,
-        },
+        metadata=table_meta(
+            "User presets for transcode: [media.presets.NAME] tables (see PresetSettings).",
+            PresetSettings,
+        ),
     )
     max_pixels: int = setting(
         33_177_600, "Largest input frame (width x height) a media task accepts.", min=1, max=2**31
@@ -348,7 +324,11 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class AutoscaleSettings:
-    """[autoscale]: the manager's autoscaler, which sizes the fleet of worker nodes."""
+    """[autoscale]: the manager's autoscaler, which sizes the fleets of worker nodes.
+
+    Its provider, group, limits, workers_per_node and price are the ``default`` node class's
+    (``[classes.NAME]`` tables hold the other classes'); its other keys hold for every class.
+    """
 
     provider: Literal["", "local", "aws"] = setting(
         "",
@@ -382,11 +362,48 @@ class AutoscaleSettings:
         "Put the backlog per instance to CloudWatch at each decision (namespace batchfarm), "
         "for AWS target tracking.",
     )
+    price_per_hour: float = setting(
+        0.0,
+        "On-demand price of one node of the default class, in dollars per hour, for costs; "
+        "0 for unknown (spot nodes on EC2 are priced at their spot price at launch).",
+        min=0,
+    )
+
+
+@dataclass(frozen=True)
+class NodeClassSettings:
+    """One ``[classes.NAME]`` table: a node class's fleet, limits and price.
+
+    The ``default`` class takes these from ``[autoscale]`` (see :func:`node_class_settings`);
+    ``[autoscale]``'s other keys (interval, target_drain, idle, ...) hold for every class.
+    The autoscaler checks the limits against each other when it opens the class's fleet.
+    """
+
+    provider: Literal["", "local", "aws"] = setting(
+        "", 'Fleet to scale: "local", "aws" (the group below) or "" for none (nodes by hand).'
+    )
+    group: str = setting("", 'The Auto Scaling group of the class\'s nodes ("aws" only).')
+    min_nodes: int = setting(0, "Fewest nodes of the class, even when idle.", min=0, max=10_000)
+    max_nodes: int = setting(4, "Most nodes of the class, whatever the backlog.", min=0, max=10_000)
+    workers_per_node: int = setting(
+        0, "Worker actors per node; 0 takes it from the nodes' heartbeats.", min=0, max=1024
+    )
+    price_per_hour: float = setting(
+        0.0, "On-demand price of one node of the class, in dollars per hour; 0 for unknown.", min=0
+    )
+
+
+class NodeClasses(Tables):
+    """``[classes]``: node class name -> its checked ``[classes.NAME]`` table."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of a batchfarm process, loaded once at the entry point and passed down."""
+    """Every setting of a batchfarm process, loaded once at the entry point and passed down.
+
+    Each field is a section: a dataclass of settings, or (``classes``) a table of named
+    tables whose schema the field's ``table`` metadata names.
+    """
 
     grid: GridSettings = field(default_factory=GridSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -397,3 +414,10 @@ class Settings:
     media: MediaSettings = field(default_factory=MediaSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     autoscale: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+    classes: NodeClasses = field(
+        default=NodeClasses(),
+        metadata=table_meta(
+            "Node classes beside the default one: [classes.NAME] tables (see NodeClassSettings).",
+            NodeClassSettings,
+        ),
+    )

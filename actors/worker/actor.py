@@ -52,6 +52,8 @@ class WorkerActor(Actor):
         self.settings = settings
         self.spec = spec
         self.index = spec.index
+        # A status report is queued on the loop and not yet sent: changes meanwhile ride on it.
+        self._report_queued = False
 
     def on_start(self) -> None:
         """Open the backends, start the task threads and the timers."""
@@ -62,7 +64,7 @@ class WorkerActor(Actor):
             threads=self.spec.threads,
             scratch_root=Path(self.spec.scratch),
             on_drained=lambda: self.call_soon_threadsafe(self.stop),
-            on_change=lambda: self.call_soon_threadsafe(self._report),
+            on_change=self._report_soon,
         )
         self.core.start()
         self.every(self.core.leases.interval_s, self.core.renew_leases)
@@ -100,7 +102,19 @@ class WorkerActor(Actor):
             self._report()
             core.close()
 
+    def _report_soon(self) -> None:
+        """Queue a status report; safe from any thread.
+
+        A burst of changes (a flood of short tasks finishing) makes one report: each report
+        tells the whole state, not a change.
+        """
+        if not self._report_queued:
+            self._report_queued = True
+            self.call_soon_threadsafe(self._report)
+
     def _report(self) -> None:
+        # Cleared before the state is read: a change after this queues a report of its own.
+        self._report_queued = False
         self.send(self.spec.supervisor, self.core.status(os.getpid(), self.spec.core))
 
     def _enforce_limits(self) -> None:

@@ -36,9 +36,6 @@ from batchfarm.actors.messages import (
 )
 from batchfarm.actors.worker.leases import Lease
 
-#: The folders of a task's scratch space: inputs, outputs, the handler's temp files.
-SCRATCH_FOLDERS = ("in", "out", "tmp")
-
 
 @dataclass
 class Assignment:
@@ -72,6 +69,8 @@ class Assignment:
     stored: bool = False
     #: The completion event went out: a settle tried again does not send it twice.
     reported: bool = False
+    #: The message was deleted or handed back: a settle tried again leaves it be.
+    settled: bool = False
 
     @property
     def attempt(self) -> int:
@@ -90,15 +89,15 @@ class Assignment:
         self.cancel.set()
 
     def cleanup(self) -> None:
-        """Remove the task's scratch folder (inputs, outputs, temp files)."""
+        """Remove the task's scratch folder (inputs, outputs, temp files), if it was made."""
         if self.folder is None:
             return
         try:
-            # Most short tasks leave their folders empty: removing three empty folders is
-            # several times cheaper than walking the tree.
-            for sub in SCRATCH_FOLDERS:
-                (self.folder / sub).rmdir()
+            # Most short tasks make no folder at all; of the rest, many leave theirs empty:
+            # removing empty folders is several times cheaper than walking the tree.
             self.folder.rmdir()
+        except FileNotFoundError:
+            return
         except OSError:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -116,6 +115,10 @@ def receive(message: Received, lease: Lease) -> Assignment:
 def fetch(assignment: Assignment, blobs: BlobStore, scratch_root: Path) -> None:
     """Download the task's inputs and merged parameters into its scratch folder.
 
+    The folder holds ``in`` (inputs), ``out`` (outputs) and ``tmp`` (the handler's temp
+    files), each made when first needed: ``in`` here for a task with inputs, the others by
+    the handler's :class:`~batchfarm.actors.handlers.TaskContext`. A no-op task makes none.
+
     A missing input or parameter object fails the task for good (retrying will not make it
     appear); any other store error fails it for now (retried after a backoff).
     """
@@ -125,9 +128,8 @@ def fetch(assignment: Assignment, blobs: BlobStore, scratch_root: Path) -> None:
     folder = scratch_root / f"{task.job}.{task.stage}.{task.part}.{assignment.attempt}"
     if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)  # a previous run of this attempt left it
-    folder.mkdir(parents=True)
-    for sub in SCRATCH_FOLDERS:
-        (folder / sub).mkdir()
+    if task.inputs:
+        (folder / "in").mkdir(parents=True)
     assignment.folder = folder
     try:
         params = dict(task.params)
@@ -178,7 +180,8 @@ def store_outputs(assignment: Assignment, blobs: BlobStore) -> None:
     assert assignment.folder is not None
     started = time.monotonic()
     out = assignment.folder / "out"
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink()):
+    found = out.rglob("*") if out.is_dir() else ()  # made on the handler's first use
+    for path in sorted(p for p in found if p.is_file() and not p.is_symlink()):
         key = task.output_prefix + path.relative_to(out).as_posix()
         info = blobs.put_file(key, path)
         assignment.outputs.append(OutputRef(key=key, size=info.size, sha256=info.sha256))

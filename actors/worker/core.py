@@ -4,7 +4,9 @@
   first: :class:`Receiver`), downloads each task's inputs, and queues it as waiting;
 - executor: runs the waiting tasks' handlers one at a time (the CPU-heavy part);
 - output: stores each finished task's outputs, reports its completion, deletes its message
-  (or schedules its retry, or dead-letters it): :mod:`~batchfarm.actors.worker.settle`.
+  (or schedules its retry, or dead-letters it): :mod:`~batchfarm.actors.worker.settle`. It
+  settles every task finished since its last settle together (up to a queue batch), and
+  never waits for more: a lone task is settled at once.
 
 So while a task computes, the next one's input is downloading and the last one's output is
 uploading. The actor's loop drives the rest from timers: renewing leases
@@ -23,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batchfarm.actors.backends import COMPLETIONS, open_blobs, open_queue, open_task_queues
-from batchfarm.actors.backends.queue import TaskQueue
-from batchfarm.actors.errors import BackendError, QueueError, TaskCancelled
+from batchfarm.actors.backends.queue import MAX_BATCH, TaskQueue
+from batchfarm.actors.errors import QueueError, TaskCancelled
 from batchfarm.actors.messages import WorkerState, WorkerStatus
 from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker import assignment as steps
@@ -36,10 +38,6 @@ from batchfarm.actors.worker.intake import IntakePolicy, Receiver
 from batchfarm.actors.worker.leases import Leases, hand_back
 
 log = logging.getLogger(__name__)
-
-#: Pauses between tries to settle a finished run while its queue cannot be reached (about
-#: a minute in all: less than the visibility timeout's default, which renewals extend).
-SETTLE_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 class WorkerCore:
@@ -70,6 +68,7 @@ class WorkerCore:
         self._current: Assignment | None = None
         self._held: dict[str, Assignment] = {}  # receipt -> assignment, every stage
         self._outbox: stdqueue.Queue[Assignment | None] = stdqueue.Queue()
+        self._settling = 0  # finished tasks the output thread has taken and not yet settled
         self._accepting = True
         self._paused = False
         self._draining = False
@@ -92,16 +91,17 @@ class WorkerCore:
         """Open the backends and start the intake, executor and output threads."""
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         queue = self.settings.queue
+        own_class = (self.settings.node.node_class,)  # a node takes its class's tasks only
         # The intake's long poll gets queue objects of its own, so renewals, deletes and
         # hand-backs never wait behind it.
         self._receiver = Receiver(
-            open_task_queues(queue),
+            open_task_queues(queue, own_class),
             wait_s=queue.wait,
             visibility_s=queue.visibility_timeout,
             closing=self._closing,
             name=f"worker {self.index}",
         )
-        self._queues = open_task_queues(queue)
+        self._queues = open_task_queues(queue, own_class)
         self._completions = open_queue(queue, COMPLETIONS)
         self._blobs = open_blobs(self.settings.storage)
         self.control = ControlChecks(self._blobs, f"worker {self.index}")
@@ -211,7 +211,7 @@ class WorkerCore:
         )
         with self._cond:
             self._current = None
-        self._finish(hung)
+        self._finish([hung])
         self._release_all()
 
     # -- status ---------------------------------------------------------------------------------
@@ -252,7 +252,8 @@ class WorkerCore:
                     # Finished tasks still settling hold their messages too: beyond the one
                     # whose output overlaps the next run, they count as held, so a flood of
                     # quick tasks cannot pile up faster than the output thread settles them.
-                    held = len(self._waiting) + max(0, self._outbox.qsize() - 1)
+                    settling = self._outbox.qsize() + self._settling
+                    held = len(self._waiting) + max(0, settling - 1)
                     wanted = self.policy.to_receive(held, self._running_for())
                     if self._accepting and wanted > 0:
                         break
@@ -326,92 +327,74 @@ class WorkerCore:
             self._outbox.put(assignment)
 
     def _output_loop(self) -> None:
-        while True:
-            assignment = self._outbox.get()
-            if assignment is None:
+        closing = False
+        while not closing:
+            first = self._outbox.get()
+            if first is None:
                 return
-            try:
-                self._finish(assignment)
-            except Exception:  # one task's bad luck must not stop the worker's output
-                log.exception("worker %d could not finish %s", self.index, assignment.label)
+            batch = [first]
+            # What else has finished already, never waiting for more: a lone task settles now.
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._outbox.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
             with self._cond:
+                self._settling = len(batch)
+            try:
+                self._finish(batch)
+            except Exception:  # bad luck with some tasks must not stop the worker's output
+                log.exception("worker %d could not finish %d tasks", self.index, len(batch))
+            with self._cond:
+                self._settling = 0
                 self._cond.notify_all()  # the intake may be waiting for the outbox to shrink
             self._on_change()
             self._check_drained()
 
-    # -- finishing a task ------------------------------------------------------------------------
+    # -- finishing tasks -------------------------------------------------------------------------
 
-    def _finish(self, assignment: Assignment) -> None:
-        receipt = assignment.message.receipt
-        queue = self._source(assignment)
-        outcome = None
+    def _finish(self, batch: list[Assignment]) -> None:
+        """Settle finished tasks: the ones not to commit one by one, the rest together."""
+        committing: list[Assignment] = []
+        outcomes: list[str | None] = []
         try:
-            if assignment.task is None:
-                # No task to report on: keep the body where an operator can read it.
-                self.rejected += 1
-                settle.dead_letter(
-                    assignment, queue, self.index, f"is not a task ({assignment.bad_body})"
-                )
-            elif assignment.lease.lost or assignment.cancel_reason == "lease_lost":
-                log.warning("worker %d dropped %s: lease lost", self.index, assignment.label)
-            elif assignment.cancel_reason == "poison":
-                # The manager has failed the task for good: a final failure's message.
-                settle.dead_letter(assignment, queue, self.index, "is poison")
-                self.poisoned += 1
-            elif assignment.cancel_reason == "cancelled":
-                # The job is cancelled (durably, in the blob store): the task is dropped for
-                # good, with nothing to report; the manager has already settled its state.
-                queue.delete(assignment.message.receipt)
-                self.cancelled += 1
-            elif assignment.cancel_reason in ("paused", "drain") and isinstance(
-                assignment.failure, TaskCancelled
-            ):
-                self._give_back([assignment], 0.0)  # stopped, not failed: another run will do
-            else:
-                outcome = self._commit(assignment, queue)
-                self.bytes_out += assignment.bytes_out
-        finally:
-            self._held.pop(receipt, None)
-            self.leases.release(receipt)
-            assignment.cleanup()
-        # Counted once everything about the task is settled, its scratch files included.
-        if outcome == "done":
-            self.done += 1
-        elif outcome == "failed":
-            self.failed += 1
-
-    def _commit(self, assignment: Assignment, queue: TaskQueue) -> str | None:
-        """Settle a finished run, backing off and trying again while the queue is unreachable.
-
-        botocore has already retried each call; an error reaching here means the link has
-        been down for a while. The run's outputs are stored and its lease still renewed, so
-        waiting is cheaper than running it again; past :data:`SETTLE_RETRY_S` the error
-        stands, and the message reappears when its visibility runs out.
-        """
-        pauses = iter(SETTLE_RETRY_S)
-        while True:
-            try:
-                return settle.commit(
-                    assignment,
-                    queue,
+            for assignment in batch:
+                try:
+                    dropped = settle.drop(assignment, self._source(assignment), self.index)
+                except Exception:  # one task's bad luck must not stop the others
+                    log.exception("worker %d could not finish %s", self.index, assignment.label)
+                    continue
+                if dropped is None:
+                    committing.append(assignment)
+                elif dropped == "stopped":
+                    self._give_back([assignment], 0.0)  # not failed: another run will do
+                self.rejected += dropped == "rejected"
+                self.poisoned += dropped == "poisoned"
+                self.cancelled += dropped == "cancelled"
+            if committing:
+                outcomes = settle.commit_retrying(
+                    [(assignment, self._source(assignment)) for assignment in committing],
                     self._completions,
                     self._blobs,
                     node=self.node,
                     worker=self.index,
                     tasks=self.settings.tasks,
+                    closing=self._closing,
                 )
-            except BackendError as error:
-                pause = next(pauses, None)
-                if pause is None or self._closing.is_set() or assignment.lease.lost:
-                    raise
-                log.warning(
-                    "worker %d cannot settle %s (%s); backing off %.1f s",
-                    self.index,
-                    assignment.label,
-                    error,
-                    pause,
-                )
-                self._closing.wait(pause)
+        finally:
+            for assignment in batch:
+                self._held.pop(assignment.message.receipt, None)
+                self.leases.release(assignment.message.receipt)
+                assignment.cleanup()
+        # Counted once everything about the task is settled, its scratch files included.
+        for assignment, outcome in zip(committing, outcomes, strict=False):
+            self.bytes_out += assignment.bytes_out
+            self.done += outcome == "done"
+            self.failed += outcome == "failed"
 
     def _source(self, assignment: Assignment) -> TaskQueue:
         """The (non-polling) object of the task queue the assignment's message came from."""

@@ -1,4 +1,4 @@
-"""Settling a finished run: store outputs, report the completion, then delete or retry.
+"""Settling finished runs: store outputs, report the completions, then delete or retry.
 
 A run ends in this order: outputs are uploaded, the completion event goes to the completions
 queue, then the task's message is deleted (success, or a final failure, whose body is copied
@@ -6,19 +6,28 @@ to the dead-letter queue first) or made visible again after its backoff (a failu
 retried). Each message is settled in the task queue it came from (its receipt is good only
 there). Also here: dropping a body that is not a task, and a task found to be poison.
 
-:func:`commit` may be called again for the same run after a backend error (the queue out of
-reach): what is done stays done (the outputs stored, the completion sent once), and the
-rest is tried again.
+The worker settles the runs that finished since its last settle together (:func:`commit`,
+at most :data:`~batchfarm.actors.backends.queue.MAX_BATCH`): every run's outputs, then every
+completion in one send, then every delete of a queue in one batch, so a flood of short tasks
+costs two queue transactions per batch instead of two per task. The order holds for each run,
+and each run's fate is its own: a run whose lease was lost commits nothing (or, when only its
+delete finds the receipt stale, counts as not done) while the others are committed.
+
+:func:`commit` may be called again for the same runs after a backend error (the queue out of
+reach): what is done stays done (the outputs stored, the completion sent once, the message
+settled once), and the rest is tried again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Sequence
 
 from batchfarm.actors.backends.blobs import BlobStore
-from batchfarm.actors.backends.queue import TaskQueue
+from batchfarm.actors.backends.queue import MAX_BATCH, Outgoing, TaskQueue
 from batchfarm.actors.codec import encode_body
-from batchfarm.actors.errors import BatchfarmError, TaskError
+from batchfarm.actors.errors import BackendError, BatchfarmError, TaskCancelled, TaskError
 from batchfarm.actors.settings import TasksSettings
 from batchfarm.actors.worker import assignment as steps
 from batchfarm.actors.worker.assignment import Assignment
@@ -26,52 +35,117 @@ from batchfarm.actors.worker.leases import hand_back, retry_delay
 
 log = logging.getLogger(__name__)
 
+#: A finished run and the task queue its message came from.
+Finished = tuple[Assignment, TaskQueue]
+#: Pauses between tries to settle finished runs while a queue cannot be reached (about a
+#: minute in all: less than the visibility timeout's default, which renewals extend).
+SETTLE_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
 
 def commit(
-    assignment: Assignment,
-    queue: TaskQueue,
+    batch: Sequence[Finished],
     completions: TaskQueue,
     blobs: BlobStore,
     *,
     node: str,
     worker: int,
     tasks: TasksSettings,
-) -> str | None:
-    """Store, report and settle a finished run; return "done", "failed" or None (lease lost).
+) -> list[str | None]:
+    """Store, report and settle finished runs; return each one's "done", "failed" or None.
 
-    ``queue`` is the task queue the message came from; ``tasks`` the grid's retry defaults.
-    Raises :class:`~batchfarm.actors.errors.BackendError` when a queue call fails; calling
-    again resumes where it stopped.
+    None means the lease was lost: another worker has the task, and what it reports counts.
+    ``tasks`` gives the grid's retry defaults. Raises
+    :class:`~batchfarm.actors.errors.BackendError` when a queue call fails; calling again
+    with the same runs resumes where it stopped.
     """
-    task = assignment.task
-    assert task is not None
-    if assignment.failure is None and not assignment.stored:
+    for assignment, _ in batch:
+        _store(assignment, blobs)
+    live = [(a, q) for a, q in batch if not a.lease.lost]
+    _report([(a, q) for a, q in live if not a.reported], completions, node, worker, tasks)
+    outcomes: dict[int, str | None] = {}
+    deletes: dict[str, tuple[TaskQueue, list[Assignment]]] = {}
+    for assignment, queue in live:
+        if assignment.settled:
+            outcomes[id(assignment)] = "done" if assignment.failure is None else "failed"
+        elif assignment.failure is None or _final(assignment, queue, tasks):
+            if assignment.failure is not None:
+                _log_failure(assignment, worker, final=True)
+                queue.dead_letters().send(assignment.message.body)
+            deletes.setdefault(queue.name, (queue, []))[1].append(assignment)
+        else:
+            _log_failure(assignment, worker, final=False)
+            _retry_later(assignment, queue, tasks)
+            assignment.settled = True
+            outcomes[id(assignment)] = "failed"
+    for queue, assignments in deletes.values():
+        outcomes.update(_delete(queue, assignments, worker))
+    return [outcomes.get(id(assignment)) for assignment, _ in batch]
+
+
+def commit_retrying(
+    batch: Sequence[Finished],
+    completions: TaskQueue,
+    blobs: BlobStore,
+    *,
+    node: str,
+    worker: int,
+    tasks: TasksSettings,
+    closing: threading.Event,
+) -> list[str | None]:
+    """:func:`commit`, backing off and trying again while a queue is unreachable.
+
+    botocore has already retried each call; an error reaching here means the link has been
+    down for a while. The runs' outputs are stored and their leases still renewed, so
+    waiting is cheaper than running them again; past :data:`SETTLE_RETRY_S` (or once
+    ``closing`` is set) the error stands, and the messages reappear when their visibility
+    runs out.
+    """
+    pauses = iter(SETTLE_RETRY_S)
+    while True:
         try:
-            steps.store_outputs(assignment, blobs)
-        except BatchfarmError as error:
-            assignment.failure = TaskError(f"cannot store outputs: {error}")
-    assignment.stored = True
-    failure = assignment.failure
-    limit = min(task.max_attempts, queue.max_receives or task.max_attempts)
-    final = failure is not None and (failure.permanent or assignment.attempt >= limit)
-    if assignment.lease.lost:
-        return None  # another worker has the task now; what it reports counts
-    if not assignment.reported:
-        event = steps.completion(assignment, node, worker, final=final)
-        completions.send(encode_body(event))
-        assignment.reported = True
-    if failure is None:
+            return commit(batch, completions, blobs, node=node, worker=worker, tasks=tasks)
+        except BackendError as error:
+            pause = next(pauses, None)
+            if pause is None or closing.is_set() or all(a.lease.lost for a, _ in batch):
+                raise
+            log.warning(
+                "worker %d cannot settle %d tasks (%s); backing off %.1f s",
+                worker,
+                len(batch),
+                error,
+                pause,
+            )
+            closing.wait(pause)
+
+
+def drop(assignment: Assignment, queue: TaskQueue, worker: int) -> str | None:
+    """Settle a task with nothing to commit; say how, or None if its run is to be committed.
+
+    "rejected" (a body that is not a task) and "poisoned" go to the dead-letter queue,
+    "cancelled" (its job was) is deleted, "lost" (its lease) is left alone, and "stopped"
+    (by a pause or drain) is for the caller to hand back.
+    """
+    if assignment.task is None:
+        # No task to report on: keep the body where an operator can read it.
+        dead_letter(assignment, queue, worker, f"is not a task ({assignment.bad_body})")
+        return "rejected"
+    if assignment.lease.lost or assignment.cancel_reason == "lease_lost":
+        log.warning("worker %d dropped %s: lease lost", worker, assignment.label)
+        return "lost"
+    if assignment.cancel_reason == "poison":
+        # The manager has failed the task for good: a final failure's message.
+        dead_letter(assignment, queue, worker, "is poison")
+        return "poisoned"
+    if assignment.cancel_reason == "cancelled":
+        # The job is cancelled (durably, in the blob store): the task is dropped for good,
+        # with nothing to report; the manager has already settled its state.
         queue.delete(assignment.message.receipt)
-        return "done"
-    log.info("worker %d: %s failed (final: %s): %s", worker, task.task_id, final, failure)
-    if final:
-        queue.dead_letters().send(assignment.message.body)
-        queue.delete(assignment.message.receipt)
-    else:
-        base = tasks.retry_backoff if task.retry_backoff_s is None else task.retry_backoff_s
-        delay = retry_delay(assignment.attempt, base, tasks.retry_backoff_max)
-        hand_back(queue, [assignment.message.receipt], delay)
-    return "failed"
+        return "cancelled"
+    if assignment.cancel_reason in ("paused", "drain") and isinstance(
+        assignment.failure, TaskCancelled
+    ):
+        return "stopped"
+    return None
 
 
 def dead_letter(assignment: Assignment, queue: TaskQueue, worker: int, why: str) -> None:
@@ -80,3 +154,77 @@ def dead_letter(assignment: Assignment, queue: TaskQueue, worker: int, why: str)
     log.warning("worker %d: %s %s; moved to %s", worker, assignment.label, why, dead.name)
     dead.send(assignment.message.body)
     queue.delete(assignment.message.receipt)
+
+
+def _store(assignment: Assignment, blobs: BlobStore) -> None:
+    """Upload the run's outputs once; a store error fails the run instead."""
+    if assignment.failure is None and not assignment.stored:
+        try:
+            steps.store_outputs(assignment, blobs)
+        except BatchfarmError as error:
+            assignment.failure = TaskError(f"cannot store outputs: {error}")
+    assignment.stored = True
+
+
+def _final(assignment: Assignment, queue: TaskQueue, tasks: TasksSettings) -> bool:
+    """True if the run failed and its task will not be tried again."""
+    task = assignment.task
+    assert task is not None
+    failure = assignment.failure
+    limit = min(task.max_attempts, queue.max_receives or task.max_attempts)
+    return failure is not None and (failure.permanent or assignment.attempt >= limit)
+
+
+def _report(
+    batch: Sequence[Finished], completions: TaskQueue, node: str, worker: int, tasks: TasksSettings
+) -> None:
+    """Send the runs' completion events, up to a batch per send (each send all or nothing)."""
+    for start in range(0, len(batch), MAX_BATCH):
+        chunk = batch[start : start + MAX_BATCH]
+        events = [
+            steps.completion(assignment, node, worker, final=_final(assignment, queue, tasks))
+            for assignment, queue in chunk
+        ]
+        completions.send_batch([Outgoing(encode_body(event)) for event in events])
+        for assignment, _ in chunk:
+            assignment.reported = True
+
+
+def _delete(
+    queue: TaskQueue, assignments: Sequence[Assignment], worker: int
+) -> dict[int, str | None]:
+    """Delete the runs' messages, a batch per call; a stale receipt loses its run alone."""
+    outcomes: dict[int, str | None] = {}
+    for start in range(0, len(assignments), MAX_BATCH):
+        chunk = assignments[start : start + MAX_BATCH]
+        result = queue.delete_batch([a.message.receipt for a in chunk])
+        for assignment in chunk:
+            assignment.settled = True
+            reason = result.failed.get(assignment.message.receipt)
+            if reason is None:
+                outcomes[id(assignment)] = "done" if assignment.failure is None else "failed"
+                continue
+            # Received again elsewhere (the visibility ran out): that run reports too, and
+            # the store counts the task once.
+            assignment.lease.lost = True
+            outcomes[id(assignment)] = None
+            log.warning(
+                "worker %d: %s reported but its message not deleted (%s): lease lost",
+                worker,
+                assignment.label,
+                reason,
+            )
+    return outcomes
+
+
+def _retry_later(assignment: Assignment, queue: TaskQueue, tasks: TasksSettings) -> None:
+    task = assignment.task
+    assert task is not None
+    base = tasks.retry_backoff if task.retry_backoff_s is None else task.retry_backoff_s
+    delay = retry_delay(assignment.attempt, base, tasks.retry_backoff_max)
+    hand_back(queue, [assignment.message.receipt], delay)
+
+
+def _log_failure(assignment: Assignment, worker: int, *, final: bool) -> None:
+    task_id = assignment.label
+    log.info("worker %d: %s failed (final: %s): %s", worker, task_id, final, assignment.failure)

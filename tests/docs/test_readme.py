@@ -35,7 +35,7 @@ def _reference_tables(readme: str) -> dict[str, dict[str, str]]:
     tables: dict[str, dict[str, str]] = {}
     current = None
     for line in _section(readme, "### Config reference").splitlines():
-        if heading := re.match(r"\*\*\[(\w+)\]\*\*", line):
+        if heading := re.match(r"\*\*\[(\w+)(?:\.NAME)?\]\*\*", line):
             current = tables.setdefault(heading.group(1), {})
         elif current is not None and (row := re.match(r"\| `(\w+)` \| `(.+?)` \|", line)):
             current[row.group(1)] = row.group(2)
@@ -55,7 +55,10 @@ def test_config_reference_lists_every_key_with_its_default(readme):
     expected = {
         section.name: {
             fld.name: _toml_literal(fld.default)
-            for fld in dataclasses.fields(section.default_factory())
+            # A table section ([classes.NAME]) documents the keys of each of its tables.
+            for fld in dataclasses.fields(
+                section.metadata.get("table") or section.default_factory()
+            )
         }
         for section in dataclasses.fields(Settings)
     }

@@ -2,7 +2,8 @@
 
 It answers like the real one: ``PUT /latest/api/token`` with a TTL header gives a session
 token, reads without a valid token get 401, and the notice paths answer 404 until a test
-arms them (:meth:`FakeImds.spot_interruption`, :meth:`rebalance`, :meth:`terminate`).
+arms them (:meth:`FakeImds.spot_interruption`, :meth:`rebalance`, :meth:`terminate`,
+:meth:`target_lifecycle`).
 ``fail`` makes every request a 500, to test a node that loses its metadata service.
 """
 
@@ -55,7 +56,11 @@ class FakeImds:
 
     def terminate(self) -> None:
         """Auto Scaling chose this instance for scale-in."""
-        self._set("autoscaling/target-lifecycle-state", "Terminated")
+        self.target_lifecycle("Terminated")
+
+    def target_lifecycle(self, state: str) -> None:
+        """What Auto Scaling moves the instance to (``InService`` while it launches)."""
+        self._set("autoscaling/target-lifecycle-state", state)
 
     def _set(self, path: str, value: str) -> None:
         with self._lock:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 
 from tests.aws import REGION, MotoServer, unique_name
 from tests.fleet.endpoint import LifecycleEndpoint
+
+if TYPE_CHECKING:
+    from tests.fleet.harness import FleetHarness
 
 #: An AMI id moto knows.
 AMI = "ami-12c6146b"
@@ -58,3 +62,24 @@ def lifecycle(moto: MotoServer) -> Iterator[LifecycleEndpoint]:
     endpoint.start()
     yield endpoint
     endpoint.stop()
+
+
+@pytest.fixture
+def fleet_harness(lifecycle: LifecycleEndpoint) -> Iterator[Callable[..., FleetHarness]]:
+    """Factory: a started :class:`~tests.fleet.harness.FleetHarness` for ``group`` on the
+    ``lifecycle`` endpoint (nodes under ``state``, with ``env``); all closed at the end.
+    """
+    from tests.fleet.harness import FleetHarness
+
+    made: list[FleetHarness] = []
+
+    def make(group: str, state: Path, env: dict[str, str]) -> FleetHarness:
+        harness = FleetHarness(lifecycle, group, state, env).start()
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
+    for harness in made:
+        assert harness.errors == [], "the harness failed while following the group"

@@ -41,6 +41,7 @@ SERVICES = {
     "autoscaling": "autoscaling",
     "rds": "rds",
     "cloudwatch": "cloudwatch",
+    "ec2": "ec2",
 }
 #: Operations authorised by another action than their own name (the AWS Service
 #: Authorization Reference): SQS batch calls by their single form, S3 reads and lists.
@@ -84,7 +85,9 @@ GRID = {
 UNSCOPED = {
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeAutoScalingInstances",
+    "autoscaling:DescribeLifecycleHooks",
     "cloudwatch:PutMetricData",
+    "ec2:DescribeSpotPriceHistory",
 }
 
 

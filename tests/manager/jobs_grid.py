@@ -8,7 +8,7 @@ from batchfarm.actors.backends import open_blobs, open_store, open_task_queues
 from batchfarm.actors.backends.store import JobView, TaskView
 from batchfarm.actors.manager.spec import JobSpec, parse_spec
 from batchfarm.actors.manager.submit import submit_job
-from batchfarm.actors.settings import Settings
+from batchfarm.actors.settings import Settings, node_class_names
 
 SLEEP = "tests.worker.handlers:sleep"
 
@@ -28,7 +28,7 @@ def submit(settings: Settings, job: JobSpec) -> str:
     """Submit ``job`` as the manager's API does (record, then enqueue); return its id."""
     with (
         open_store(settings.store) as store,
-        open_task_queues(settings.queue) as tasks,
+        open_task_queues(settings.queue, node_class_names(settings)) as tasks,
     ):
         blobs = open_blobs(settings.storage)
         try:

@@ -4,6 +4,7 @@ stops ``batchfarm node`` processes as a burst of tasks comes and goes.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -104,6 +105,13 @@ def test_a_burst_grows_the_local_fleet_which_shrinks_to_zero_without_stopping_a_
     # Then the long task ends, its node idles, and the fleet goes back to zero.
     wait_for(lambda: job_state(grid.settings, long_job) == "succeeded", timeout=60, what="long")
     wait_for(lambda: local_nodes(manager.proc.pid) == {}, timeout=30, what="no node left")
+
+    # Every node the fleet ran drained and exited by itself, cleanly (reaped, then logged).
+    def exits() -> dict[str, str]:
+        return dict(re.findall(r"node (local-\d+) exited \(code (-?\d+)\)", manager.output()))
+
+    wait_for(lambda: exits().keys() >= {"local-1", "local-2"}, timeout=10, what="nodes reaped")
+    assert set(exits().values()) == {"0"}
 
     with open_store(grid.settings.store) as store:
         tasks = [*store.tasks(long_job), *store.tasks(short_job)]

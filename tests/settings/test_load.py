@@ -20,6 +20,7 @@ def every_key() -> set[str]:
     return {
         f"{section.name}.{f.name}"
         for section in dataclasses.fields(Settings)
+        if not section.metadata.get("table")  # [classes.NAME] tables: none by default
         for f in dataclasses.fields(section.default_factory())  # type: ignore[misc]
     }
 

@@ -52,7 +52,7 @@ def test_opening_an_empty_database_creates_the_schema_through_alembic(
         assert store.stage_counts("j")[0].counts == {"pending": 1}
 
     assert table_names(empty_url) == STORE_TABLES | {migrate.VERSION_TABLE}
-    assert migrate.head_revision() == "0003"
+    assert migrate.head_revision() == "0004"
 
 
 def test_upgrade_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
@@ -127,9 +127,9 @@ def test_make_revision_writes_the_next_numbered_migration(tmp_path: Path) -> Non
     directory = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.make_revision("nothing changed", directory=directory)
-    assert path.name == "0004_nothing_changed.py"
+    assert path.name == "0005_nothing_changed.py"
     text = path.read_text()
-    assert "down_revision: str | None = '0003'" in text
+    assert "down_revision: str | None = '0004'" in text
     # The models equal the migrations, so autogenerate finds nothing to do.
     assert "op." not in text
 

@@ -5,7 +5,8 @@ pool of local ``batchfarm node`` processes). It reads the group's capacity and m
 sets the desired capacity (always clamped to the group's min and max by our code: moto
 accepts more than the max, AWS refuses it), protects busy members from scale-in, removes a
 drained member while lowering the desired capacity, and completes the lifecycle actions that
-hold a member in ``Pending:Wait`` or ``Terminating:Wait``.
+hold a member in ``Pending:Wait`` or ``Terminating:Wait`` (:meth:`Fleet.release` for a member
+whose node is gone).
 
 The autoscaler (the manager) uses the capacity, protection and termination calls; a node
 uses the lifecycle calls on its own instance. :func:`open_fleet` opens one from a URL.
@@ -13,6 +14,7 @@ uses the lifecycle calls on its own instance. :func:`open_fleet` opens one from 
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from batchfarm.actors.errors import BackendError
+
+log = logging.getLogger(__name__)
 
 #: Lifecycle states of a member, as AWS names them (others exist: warm pools, detaching).
 PENDING = "Pending"
@@ -32,6 +36,9 @@ TERMINATED = "Terminated"
 #: The results a lifecycle action may complete with: go on, or give the instance up.
 CONTINUE = "CONTINUE"
 ABANDON = "ABANDON"
+#: The transitions a lifecycle hook holds a member at.
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING_HOOK = "autoscaling:EC2_INSTANCE_TERMINATING"
 
 
 class FleetError(BackendError):
@@ -58,6 +65,19 @@ class Instance:
     def in_service(self) -> bool:
         """Whether the member is up and may take work."""
         return self.lifecycle_state == IN_SERVICE
+
+
+@dataclass(frozen=True)
+class LifecycleHook:
+    """A lifecycle hook of the group: it holds members at one transition until completed."""
+
+    name: str
+    #: :data:`LAUNCHING` (``Pending:Wait``) or :data:`TERMINATING_HOOK` (``Terminating:Wait``).
+    transition: str
+    #: Seconds the hook waits without a completion or a heartbeat before its default result.
+    heartbeat_timeout: float
+    #: ``CONTINUE`` or ``ABANDON``: what the timeout does.
+    default_result: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +139,39 @@ class Fleet(ABC):
     def lifecycle_heartbeat(self, instance_id: str, hook: str, token: str = "") -> None:
         """Restart the hook's timeout for a member still draining (it holds for longer)."""
 
+    def hooks(self) -> tuple[LifecycleHook, ...]:
+        """The group's lifecycle hooks (none for a fleet without them)."""
+        return ()
+
+    def release(self, instance_id: str) -> bool:
+        """Let a terminated member whose node is gone go: complete its termination hooks.
+
+        A drained node has exited by the time it is terminated, so nobody else would, and
+        the member would wait out the hook's timeout. True once nothing holds the member
+        (it is gone, or the group has no termination hook); False while it is not yet in
+        ``Terminating:Wait`` (call again later). Raises :class:`FleetError` when no hook
+        could be completed.
+        """
+        hooks = [h.name for h in self.hooks() if h.transition == TERMINATING_HOOK]
+        member = self.state().instance(instance_id) if hooks else None
+        if member is None or member.lifecycle_state == TERMINATED:
+            return True
+        if member.lifecycle_state != TERMINATING_WAIT:
+            return False
+        errors = []
+        for hook in hooks:
+            try:
+                self.complete_lifecycle(instance_id, hook, CONTINUE)
+                log.info(
+                    "%s: %s released from termination hook %r (CONTINUE)",
+                    *(self.name, instance_id, hook),
+                )
+            except FleetError as error:  # that hook may not hold it (already completed)
+                errors.append(error)
+        if len(errors) == len(hooks):
+            raise errors[0]
+        return True
+
     def close(self) -> None:  # noqa: B027 (a hook: most fleets hold nothing to release)
         """Release what the fleet holds."""
 
@@ -132,6 +185,24 @@ class Fleet(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def release_all(fleet: Fleet, members: set[str]) -> None:
+    """:meth:`Fleet.release` each member; those released (or that failed) leave ``members``.
+
+    A failure is logged, not raised: the hook's timeout applies its default result anyway.
+    """
+    for member in sorted(members):
+        try:
+            done = fleet.release(member)
+        except FleetError as error:
+            log.warning(
+                "%s: member %s not released from its termination hook: %s",
+                *(fleet.name, member, error),
+            )
+            done = True
+        if done:
+            members.discard(member)
 
 
 def open_fleet(url: str, region: str = "", endpoint_url: str = "") -> Fleet:

@@ -20,6 +20,7 @@ from batchfarm.actors.backends.fleet import (
     FleetError,
     FleetState,
     Instance,
+    LifecycleHook,
 )
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,19 @@ MANAGER_ACTIONS = (
     "autoscaling:SetDesiredCapacity",
     "autoscaling:SetInstanceProtection",
     "autoscaling:TerminateInstanceInAutoScalingGroup",
+    # Releasing a drained member from the termination hook (its node has exited).
+    "autoscaling:DescribeLifecycleHooks",
+    "autoscaling:CompleteLifecycleAction",
 )
-#: IAM actions a node needs to leave the group gracefully (its own lifecycle actions).
+#: IAM actions a node needs to join and leave the group gracefully (its own lifecycle
+#: actions, and the hook's timeout, which its heartbeats must beat).
 NODE_ACTIONS = (
     "autoscaling:CompleteLifecycleAction",
     "autoscaling:RecordLifecycleActionHeartbeat",
+    "autoscaling:DescribeLifecycleHooks",
 )
+#: A hook's heartbeat timeout when AWS does not say (its documented default).
+DEFAULT_HEARTBEAT_S = 3600.0
 #: Most instance ids one SetInstanceProtection call takes (AWS's limit).
 MAX_PROTECT_BATCH = 50
 
@@ -153,6 +161,23 @@ class AsgFleet(Fleet):
             "RecordLifecycleActionHeartbeat",
             self._client.record_lifecycle_action_heartbeat,
             **_lifecycle_args(self.group, instance_id, hook, token),
+        )
+
+    def hooks(self) -> tuple[LifecycleHook, ...]:
+        """The group's lifecycle hooks, from one DescribeLifecycleHooks call."""
+        response = self._call(
+            "DescribeLifecycleHooks",
+            self._client.describe_lifecycle_hooks,
+            AutoScalingGroupName=self.group,
+        )
+        return tuple(
+            LifecycleHook(
+                name=str(item["LifecycleHookName"]),
+                transition=str(item.get("LifecycleTransition", "")),
+                heartbeat_timeout=float(item.get("HeartbeatTimeout", DEFAULT_HEARTBEAT_S)),
+                default_result=str(item.get("DefaultResult", ABANDON)),
+            )
+            for item in response.get("LifecycleHooks", [])
         )
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ Every node runs with the manager's effective settings, passed as ``BATCHFARM_*``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: What a local node's instance id starts with: ``local-1``, ``local-2``, ...
 PREFIX = "local"
+#: Seconds :meth:`LocalFleet.terminate` lets a node exit by itself before its SIGTERM.
+EXIT_WAIT_S = 2.0
 #: Seconds :meth:`LocalFleet.close` waits for its draining nodes before leaving them to it.
 CLOSE_WAIT_S = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -89,6 +92,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     env: dict[str, str] = {}
     for section in dataclasses.fields(settings):
         values = getattr(settings, section.name)
+        if section.metadata.get("table"):  # [classes.NAME] tables: one inline table
+            env[f"{ENV_PREFIX}{section.name.upper()}"] = _env_text(values)
+            continue
         for fld in dataclasses.fields(values):
             env[f"{ENV_PREFIX}{section.name.upper()}_{fld.name.upper()}"] = _env_text(
                 getattr(values, fld.name)
@@ -219,7 +225,12 @@ class LocalFleet(Fleet):
             self._nodes[instance_id].protected = protected
 
     def terminate(self, instance_id: str) -> None:
-        """SIGTERM a node (it drains, then exits) and lower the desired capacity by one."""
+        """SIGTERM a node (it drains, then exits) and lower the desired capacity by one.
+
+        A node the autoscaler found drained is exiting by itself already: it gets up to
+        :data:`EXIT_WAIT_S` to, as a SIGTERM in its last moments (its signal handlers gone)
+        would end it with -15 instead of its own 0.
+        """
         self._reap()
         node = self._nodes.get(instance_id)
         if node is None or node.leaving:
@@ -230,6 +241,8 @@ class LocalFleet(Fleet):
                 f" is the fleet's min ({self.min}), so it cannot go down"
             )
         self._desired -= 1
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.proc.wait(EXIT_WAIT_S)
         self._leave(node)
         self._reap()
 

@@ -29,9 +29,14 @@ def upsert(
     """
     if not rows:
         return
+    connection.execute(upsert_statement(connection, table, update), list(rows))
+
+
+def upsert_statement(connection: Connection, table: sa.Table, update: Sequence[str]) -> sa.Insert:
+    """The statement :func:`upsert` runs, for ``connection``'s database."""
     keys = [column.name for column in table.primary_key.columns]
     name = connection.dialect.name
-    statement: sa.Executable
+    statement: sa.Insert
     if name in ("postgresql", "sqlite"):
         insert = postgresql.insert(table) if name == "postgresql" else sqlite.insert(table)
         statement = insert.on_conflict_do_update(
@@ -44,7 +49,7 @@ def upsert(
         )
     else:
         raise StoreError(f"upsert into {table.name}: unsupported database {name!r}")
-    connection.execute(statement, list(rows))
+    return statement
 
 
 def insert_missing(connection: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -254,6 +254,14 @@ class Node(Base):
     rss_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     #: Worker actors the node reported in its latest heartbeat.
     workers: Mapped[int] = mapped_column(sa.Integer)
+    #: Dollars per node-hour the manager priced the node at (on-demand from the config, the
+    #: spot price at launch for a spot instance); None where unknown.
+    price_per_hour: Mapped[float | None] = mapped_column(sa.Double)
+    #: What the node read from the EC2 instance metadata service (None off EC2).
+    instance_type: Mapped[str | None] = mapped_column(sa.String(64))
+    zone: Mapped[str | None] = mapped_column(sa.String(64))
+    #: ``spot`` or ``on-demand``.
+    lifecycle: Mapped[str | None] = mapped_column(sa.String(16))
 
 
 class Worker(Base):

@@ -21,6 +21,7 @@ from batchfarm.actors.backends.store.models import (
     STAGES,
     TASKS,
     WORKERS,
+    TaskState,
 )
 from batchfarm.actors.backends.store.records import (
     JobView,
@@ -94,6 +95,22 @@ class Queries(StoreBase):
         with self._reading(f"read tasks of job {job_id!r}") as connection:
             rows = connection.execute(query).all()
         return [TaskView(**row._mapping) for row in rows]
+
+    def stage_done(self, job_id: str, stage: str) -> bool:
+        """True when the stage has tasks and every one of them succeeded.
+
+        One query of two index probes (a task not succeeded; any task), never a count: the
+        results processor asks this for each stage its completions touch.
+        """
+        unfinished = [str(state) for state in TaskState if state != TaskState.SUCCEEDED]
+        of_stage = sa.select(TASKS.c.part).where(TASKS.c.job_id == job_id, TASKS.c.stage == stage)
+        query = sa.select(
+            sa.exists(of_stage.where(TASKS.c.state.in_(unfinished))),
+            sa.exists(of_stage),
+        )
+        with self._reading(f"read stage {stage!r} of job {job_id!r}") as connection:
+            row = connection.execute(query).one()
+        return not row[0] and bool(row[1])
 
     def nodes(
         self, states: Iterable[str] | None = None, node_class: str | None = None

@@ -177,6 +177,12 @@ class NodeBeat:
     cpu_percent: float = 0.0
     rss_bytes: int = 0
     workers: Sequence[WorkerBeat] = ()
+    #: Dollars per node-hour (see ``nodes.price_per_hour``); None where unknown.
+    price_per_hour: float | None = None
+    #: From the EC2 instance metadata service; empty off EC2.
+    instance_type: str = ""
+    zone: str = ""
+    lifecycle: str = ""
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,10 @@ class NodeView:
     cpu_percent: float
     rss_bytes: int
     workers: int
+    price_per_hour: float | None = None
+    instance_type: str | None = None
+    zone: str | None = None
+    lifecycle: str | None = None
 
 
 @dataclass(frozen=True)

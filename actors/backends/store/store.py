@@ -15,15 +15,17 @@ from types import TracebackType
 from sqlalchemy.engine import Engine
 
 from batchfarm.actors.backends.store import migrate
+from batchfarm.actors.backends.store.costs import CostQueries
 from batchfarm.actors.backends.store.engine import make_engine, parse_url, safe_url
 from batchfarm.actors.backends.store.fleet import FleetWrites
 from batchfarm.actors.backends.store.jobs import JobWrites
 from batchfarm.actors.backends.store.queries import Queries
+from batchfarm.actors.backends.store.totals import TotalQueries
 from batchfarm.actors.errors import StoreError
 from batchfarm.actors.settings import StoreSettings
 
 
-class Store(JobWrites, FleetWrites, Queries):
+class Store(JobWrites, FleetWrites, Queries, CostQueries, TotalQueries):
     """The analytics store behind a SQLAlchemy URL, its schema kept at head by Alembic.
 
     ``sqlite:///path`` (the embedded default), ``postgresql+psycopg://user:pw@host/db`` or
@@ -35,10 +37,13 @@ class Store(JobWrites, FleetWrites, Queries):
     Writes: :meth:`create_job`, :meth:`add_tasks`, :meth:`update_tasks`,
     :meth:`set_tasks_state`, :meth:`record_runs`, :meth:`set_job_state`,
     :meth:`set_stage_state`, :meth:`delete_job`, :meth:`record_heartbeats`,
-    :meth:`mark_nodes_lost`, :meth:`set_cordoned`, :meth:`add_samples`,
+    :meth:`write_fleet`, :meth:`mark_nodes_lost`, :meth:`set_cordoned`, :meth:`add_samples`,
     :meth:`delete_samples`, :meth:`record_scaling_event`. Reads: :meth:`job`, :meth:`jobs`,
     :meth:`stages`, :meth:`stage_counts`, :meth:`task`, :meth:`tasks`, :meth:`nodes`,
-    :meth:`workers`, :meth:`recent_samples`, :meth:`scaling_events`.
+    :meth:`workers`, :meth:`recent_samples`, :meth:`scaling_events`; costs:
+    :meth:`stage_costs_of`, :meth:`task_costs`, :meth:`costs_by_handler`, :meth:`node_costs`;
+    totals for ``/metrics``: :meth:`handler_totals`, :meth:`worker_totals`,
+    :meth:`oldest_queued_at`.
     """
 
     def __init__(
