@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,3 +22,15 @@ class CliState:
         if self._loaded is None:
             self._loaded = load(self.config_path)
         return self._loaded
+
+
+def log_to_stderr() -> None:
+    """Log INFO and above to stderr, as the long-running verbs (manager, node) do.
+
+    httpx logs every request at INFO; a node polling the instance metadata service every few
+    seconds would fill its log with them, so httpx only says what went wrong.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import signal
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from batchfarm.actors.cli.context import CliState
+from batchfarm.actors.cli.context import CliState, log_to_stderr
 from batchfarm.actors.manager.actor import ManagerActor
 from batchfarm.actors.runtime import run_actor
 from batchfarm.actors.runtime.process import mailbox_address
@@ -25,9 +24,7 @@ def manager(state: CliState) -> None:
     SIGTERM or Ctrl-C stops it; what it has not recorded waits in the queues for its restart.
     """
     settings = state.loaded.settings
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
     run_dir = Path(tempfile.mkdtemp(prefix="batchfarm-manager-"))
     try:
         code = run_actor(

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import httpx
 
-from batchfarm.actors.cli.context import CliState
+from batchfarm.actors.cli.context import CliState, log_to_stderr
 from batchfarm.actors.runtime import run_actor
 from batchfarm.actors.runtime.process import mailbox_address
 from batchfarm.actors.settings import Settings, load
@@ -61,9 +61,7 @@ def node(state: CliState, name: str | None, until_empty: bool) -> None:
     back to the queue); a second one stops at once. SIGHUP reloads the config file.
     """
     settings = state.loaded.settings
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr()
 
     def reload() -> Settings:
         return load(state.config_path).settings
