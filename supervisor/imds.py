@@ -23,9 +23,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,32 @@ class Notice:
 
 
 class MetadataError(Exception):
-    """The metadata service did not answer as IMDSv2 does."""
+    """The metadata service did not answer, or not as IMDSv2 does."""
 
 
 class MetadataClient:
-    """Reads instance metadata over IMDSv2 (a token per session, renewed before it expires)."""
+    """Reads instance metadata over IMDSv2 (a token per session, renewed before it expires).
+
+    Every failure, a connection error included, is raised as :class:`MetadataError`.
+    """
 
     def __init__(self, base_url: str, timeout_s: float = 2.0) -> None:
+        # Imported here, not at the top: httpx (and the rich and click its own command line
+        # pulls in) adds 0.1 to 0.3 s to a node's start, and a node off EC2 never reads
+        # metadata.
+        import httpx  # noqa: PLC0415
+
         # The metadata service is link-local: never through a proxy from the environment.
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, trust_env=False)
+        self._http_error = httpx.HTTPError
         self._token = ""
         self._token_until = 0.0
 
     def get(self, path: str) -> str | None:
         """The text at ``/latest/meta-data/<path>``, or None where there is nothing (404)."""
         for attempt in range(2):
-            response = self._http.get(
-                f"/latest/meta-data/{path}", headers={_TOKEN_HEADER: self._session_token()}
+            response = self._request(
+                "GET", f"/latest/meta-data/{path}", {_TOKEN_HEADER: self._session_token()}
             )
             if response.status_code == 401 and attempt == 0:
                 self._token_until = 0.0  # the token was refused: take a new one, once
@@ -82,11 +92,17 @@ class MetadataClient:
         """Close the connection."""
         self._http.close()
 
+    def _request(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+        try:
+            return self._http.request(method, path, headers=headers)
+        except self._http_error as error:
+            raise MetadataError(f"{method} {path}: {error}") from error
+
     def _session_token(self) -> str:
         if time.monotonic() < self._token_until:
             return self._token
-        response = self._http.put(
-            "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}
+        response = self._request(
+            "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}
         )
         if response.status_code != 200 or not response.text:
             raise MetadataError(f"PUT /latest/api/token: HTTP {response.status_code}")
@@ -117,7 +133,7 @@ def read_instance(base_url: str) -> InstanceFacts:
             (client.get(path) or "").strip()
             for path in ("instance-type", "placement/availability-zone", "instance-life-cycle")
         ]
-    except (MetadataError, httpx.HTTPError) as error:
+    except MetadataError as error:
         # Not "instance metadata at ...": that line is the notice watcher's, once per outage.
         log.warning("pricing: no instance type from %s (%s); priced on demand", base_url, error)
         return InstanceFacts()
@@ -194,7 +210,7 @@ class NoticeWatcher:
                 if failing:
                     log.info("instance metadata at %s answers again", self._base_url)
                 failing = False
-            except (httpx.HTTPError, MetadataError) as error:
+            except MetadataError as error:
                 if not failing:
                     log.warning(
                         "instance metadata at %s: %s; polling again every %g s",

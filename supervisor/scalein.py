@@ -26,8 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import httpx
-
 from batchfarm.actors.backends.fleet import (
     CONTINUE,
     TERMINATING_HOOK,
@@ -193,7 +191,7 @@ class ScaleIn:
             instance = client.get("instance-id") or ""
             region = client.get("placement/region") or ""
             name = self.settings.autoscaling_group or (client.get(GROUP_TAG) or "")
-        except (httpx.HTTPError, MetadataError) as error:  # asked again next time
+        except MetadataError as error:  # asked again next time
             log.error("lifecycle hook %r: the instance metadata did not answer: %s", hook, error)
             return None
         finally:

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import click
-import httpx
 
 from batchfarm.actors.cli.context import CliState, log_to_stderr
 from batchfarm.actors.runtime import run_actor
@@ -29,7 +28,7 @@ def _default_name(settings: Settings) -> str:
         client = MetadataClient(settings.node.metadata_url)
         try:
             instance_id = client.get("instance-id")
-        except (MetadataError, httpx.HTTPError) as error:
+        except MetadataError as error:
             raise click.ClickException(
                 f"[node] metadata_url = {settings.node.metadata_url!r}: cannot read the"
                 f" instance id to name this node ({error}); pass --name"
