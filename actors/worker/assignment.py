@@ -27,6 +27,7 @@ from batchfarm.actors.errors import (
     TaskError,
 )
 from batchfarm.actors.messages import (
+    AbandonedRun,
     Completion,
     ErrorInfo,
     OutputRef,
@@ -226,6 +227,26 @@ def completion(assignment: Assignment, node: str, worker: int, *, final: bool) -
         bytes_in=assignment.bytes_in,
         bytes_out=assignment.bytes_out,
         meta=assignment.meta,
+    )
+
+
+def abandoned(assignment: Assignment, node: str, worker: int) -> AbandonedRun:
+    """The event for this run of the task, which stopped without an outcome."""
+    task = assignment.task
+    assert task is not None
+    return AbandonedRun(
+        job=task.job,
+        stage=task.stage,
+        part=task.part,
+        ok=False,
+        node=node,
+        worker=worker,
+        attempt=assignment.attempt,
+        started_at=assignment.started_wall,
+        finished_at=assignment.finished_wall or time.time(),
+        timings=Timings(compute_s=round(assignment.timings.get("compute_s", 0.0), 6)),
+        cpu_s=round(assignment.cpu_s, 6),
+        bytes_in=assignment.bytes_in,
     )
 
 

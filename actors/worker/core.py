@@ -240,6 +240,8 @@ class WorkerCore:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             receipts=self.leases.receipts(),
+            started_at=(current.started_wall or None) if current else None,
+            attempt=current.attempt if current and current.started_wall else 0,
         )
 
     # -- threads --------------------------------------------------------------------------------
@@ -361,6 +363,8 @@ class WorkerCore:
         """Settle finished tasks: the ones not to commit one by one, the rest together."""
         committing: list[Assignment] = []
         outcomes: list[str | None] = []
+        stopped: list[Assignment] = []
+        unfinished: list[Assignment] = []
         try:
             for assignment in batch:
                 try:
@@ -370,11 +374,16 @@ class WorkerCore:
                     continue
                 if dropped is None:
                     committing.append(assignment)
-                elif dropped == "stopped":
-                    self._give_back([assignment], 0.0)  # not failed: another run will do
+                elif dropped in ("stopped", "lost", "cancelled"):
+                    unfinished.append(assignment)  # a run without an outcome, if it ran
+                    if dropped == "stopped":
+                        stopped.append(assignment)  # not failed: another run will do
                 self.rejected += dropped == "rejected"
                 self.poisoned += dropped == "poisoned"
                 self.cancelled += dropped == "cancelled"
+            # Its node time is charged to the task; reported before the message goes back.
+            settle.report_abandoned(unfinished, self._completions, self.node, self.index)
+            self._give_back(stopped, 0.0)
             if committing:
                 outcomes = settle.commit_retrying(
                     [(assignment, self._source(assignment)) for assignment in committing],

@@ -13,9 +13,20 @@ costs two queue transactions per batch instead of two per task. The order holds 
 and each run's fate is its own: a run whose lease was lost commits nothing (or, when only its
 delete finds the receipt stale, counts as not done) while the others are committed.
 
+A run that ends without an outcome (its lease lost; stopped by a forced pause, a drain or a
+cancelled job) is reported as an :class:`~batchfarm.actors.messages.AbandonedRun`
+(:func:`report_abandoned`), so that the manager charges its node time to its task.
+
 :func:`commit` may be called again for the same runs after a backend error (the queue out of
 reach): what is done stays done (the outputs stored, the completion sent once, the message
 settled once), and the rest is tried again.
+
+The completion events are sent with ``durable=False`` (no fsync on the embedded queue: it
+was the largest cost of a short task). The outputs are already stored for good (the blob
+store fsyncs them), and every queue of a grid is in one place (one ``local://`` file, whose
+power loss undoes only a suffix of its commits, or SQS, which ignores the flag), so a power
+loss that undoes an event also undoes the delete that followed it: the task runs again and
+the manager counts it once. A delete never outlives its event, and nothing is lost.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ def commit(
     for assignment, _ in batch:
         _store(assignment, blobs)
     live = [(a, q) for a, q in batch if not a.lease.lost]
+    report_abandoned([a for a, _ in batch if a.lease.lost], completions, node, worker)
     _report([(a, q) for a, q in live if not a.reported], completions, node, worker, tasks)
     outcomes: dict[int, str | None] = {}
     deletes: dict[str, tuple[TaskQueue, list[Assignment]]] = {}
@@ -148,6 +160,30 @@ def drop(assignment: Assignment, queue: TaskQueue, worker: int) -> str | None:
     return None
 
 
+def report_abandoned(
+    assignments: Sequence[Assignment], completions: TaskQueue, node: str, worker: int
+) -> None:
+    """Report the runs among ``assignments`` that started and were not reported as abandoned.
+
+    A run that lost its lease, or that a pause, a drain or a cancel stopped, has no outcome
+    to report, but its node time was spent: an
+    :class:`~batchfarm.actors.messages.AbandonedRun` lets the manager charge it to its task.
+    Sent before the message is handed back, but nothing waits on it: the event is only about
+    cost, so it is sent once, not durably, and a failure to send it is logged and forgotten
+    (that run's cost is then not counted).
+    """
+    ran = [a for a in assignments if a.started_wall and not a.reported and a.task is not None]
+    for start in range(0, len(ran), MAX_BATCH):
+        chunk = ran[start : start + MAX_BATCH]
+        events = [steps.abandoned(assignment, node, worker) for assignment in chunk]
+        try:
+            completions.send_batch([Outgoing(encode_body(e)) for e in events], durable=False)
+        except BatchfarmError as error:
+            log.warning("worker %d cannot report %d abandoned runs: %s", worker, len(chunk), error)
+        for assignment in chunk:
+            assignment.reported = True
+
+
 def dead_letter(assignment: Assignment, queue: TaskQueue, worker: int, why: str) -> None:
     """Move the message to the dead-letter queue, unrun, unreported (``why`` is logged)."""
     dead = queue.dead_letters()
@@ -185,7 +221,9 @@ def _report(
             steps.completion(assignment, node, worker, final=_final(assignment, queue, tasks))
             for assignment, queue in chunk
         ]
-        completions.send_batch([Outgoing(encode_body(event)) for event in events])
+        # Not durable: the delete that follows goes to the same place and is undone with it
+        # (see the module docstring).
+        completions.send_batch([Outgoing(encode_body(event)) for event in events], durable=False)
         for assignment, _ in chunk:
             assignment.reported = True
 

@@ -173,13 +173,13 @@ class CrashingQueue(TaskQueue):
         self.after_send = after_send
         self.crashes = 0
 
-    def send_batch(self, messages: Sequence[Outgoing]) -> list[str]:
+    def send_batch(self, messages: Sequence[Outgoing], *, durable: bool = True) -> list[str]:
         if self.crashes == 0:
             self.crashes += 1
             if self.after_send:
-                self.inner.send_batch(messages)
+                self.inner.send_batch(messages, durable=durable)
             raise SystemExit("killed")  # outside Exception, as a kill is
-        return self.inner.send_batch(messages)
+        return self.inner.send_batch(messages, durable=durable)
 
     def receive(
         self, max_messages: int = 1, wait_s: float = 0.0, visibility_s: float = 30.0

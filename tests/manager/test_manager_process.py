@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,51 @@ def test_a_scheduled_job_waits_in_the_store_until_its_time(tmp_path, grid):
         job = store.job(job_id)
         assert job.started_at >= start_at
         assert len(store.tasks(job_id)) == 4
+
+
+def test_a_run_stopped_and_handed_back_costs_its_node_time_beside_the_run_that_finished(
+    tmp_path,
+):
+    grid = ManagerGrid(tmp_path, autoscale_price_per_hour=3.6)  # $0.001 a second, 1 worker
+    try:
+        grid.manager()
+        first = grid.node("node-a", node_workers=1, node_drain_grace=60)
+        spec = parse_spec(
+            {
+                "name": "one",
+                "stages": [
+                    {
+                        "name": "work",
+                        "handler": "tests.worker.handlers:sleep",
+                        "parts": 1,
+                        "params": {"seconds": 3.0},
+                    },
+                ],
+            },
+            source="job.toml",
+            base_dir=tmp_path,
+        )
+        submitted = time.time()
+        job_id = submit(grid.settings, spec)
+        with open_queue(grid.settings.queue, TASKS) as queue:
+            wait_for(lambda: queue.depth().in_flight == 1, timeout=20, what="the task running")
+            time.sleep(1.0)
+            # A second SIGTERM stops the running task and hands it back, without an outcome.
+            first.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            first.proc.send_signal(signal.SIGTERM)
+            assert first.proc.wait(20) == 0
+            stopped = time.time()
+            assert queue.depth().visible == 1
+        grid.node("node-b", node_workers=1)
+        wait_for(lambda: job_state(grid.settings, job_id) == "succeeded", timeout=60, what="done")
+        with open_store(grid.settings.store) as store:
+            [task] = store.tasks(job_id)
+            assert (task.node_id, task.attempts, task.failed_nodes or []) == ("node-b", 2, [])
+            finished = task.finished_at - task.started_at  # the run that finished
+            cost = store.task_costs(job_id, [("work", 0)])[f"{job_id}/work/0"]
+        # Both runs count: the one stopped on node-a ran a second or more (a quarter is
+        # enough to tell it from rounding), and no longer than from the submit to the stop.
+        assert (finished + 0.25) * 0.001 < cost <= (finished + stopped - submitted) * 0.001
+    finally:
+        grid.close()

@@ -20,6 +20,7 @@ from batchfarm.actors.codec import (
 )
 from batchfarm.actors.errors import MessageError
 from batchfarm.actors.messages import (
+    AbandonedRun,
     Command,
     Completion,
     ErrorInfo,
@@ -76,7 +77,19 @@ METRICS = Metrics(
     node="node-a", sent_at=100.0, samples=[Sample("batchfarm_worker_busy", 1.0, {"core": "0"})]
 )
 COMMAND = Command(name="pause", id="c1", args={"force": True})
-ALL = [TASK, COMPLETION, HEARTBEAT, METRICS, COMMAND]
+ABANDONED = AbandonedRun(
+    job="j-20261122-0001",
+    stage="transcode",
+    part=7,
+    ok=False,
+    node="node-a",
+    worker=1,
+    attempt=2,
+    started_at=1.5,
+    finished_at=9.25,
+    timings=Timings(compute_s=7.75),
+)
+ALL = [TASK, COMPLETION, HEARTBEAT, METRICS, COMMAND, ABANDONED]
 
 
 @pytest.mark.parametrize("record", ALL, ids=lambda r: r.KIND)
@@ -111,6 +124,27 @@ def test_expect_rejects_another_kind():
     with pytest.raises(MessageError, match="expected task") as info:
         decode_body(encode_body(COMMAND), TaskBody)
     assert info.value.reason == "kind"
+
+
+def test_an_abandoned_run_is_refused_where_only_a_completion_is_read():
+    """A manager older than abandoned runs reads completions only: it refuses one by name."""
+    with pytest.raises(MessageError, match="got a abandoned message, expected completion") as info:
+        decode_body(encode_body(ABANDONED), Completion)
+    assert info.value.reason == "kind"
+    # A reader of either decodes it as the completion of a run that has no outcome.
+    decoded = decode_body(encode_body(ABANDONED))
+    assert isinstance(decoded, Completion)
+    assert isinstance(decoded, AbandonedRun)
+
+
+@pytest.mark.parametrize(
+    "change", [{"ok": True}, {"final": True}, {"error": {"type": "E", "message": "m"}}]
+)
+def test_an_abandoned_run_with_an_outcome_is_refused(change):
+    body = to_dict(ABANDONED) | change
+    with pytest.raises(MessageError, match="an abandoned run has no outcome") as info:
+        decode_body(json.dumps(body))
+    assert info.value.reason == "schema"
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,14 @@ import time
 import psutil
 
 from batchfarm.actors.backends import open_blobs
+from batchfarm.actors.messages import AbandonedRun
 from batchfarm.supervisor import cpus
 from tests.media import make_clip
 from tests.node.nodeproc import descendants, env_for, gone
 from tests.worker.grid import (
     Completions,
     completions,
+    events,
     submit,
     task,
     tasks_queue,
@@ -131,6 +133,28 @@ def test_kill_9_of_a_worker_mid_transcode_gives_one_output(start_node, settings,
     blobs.close()
     assert depth(settings).backlog == 0
     assert node.proc.poll() is None
+
+
+def test_kill_9_of_a_worker_mid_task_reports_its_run_abandoned(start_node, settings):
+    submit(settings, task(0, "sleep", params={"seconds": 4.0}))
+    node = start_node(env=env_for(node_workers=1, queue_visibility_timeout=30))
+    [worker] = node.wait_workers(1)
+    wait_for(lambda: depth(settings).in_flight == 1, what="the task running")
+    time.sleep(2.5)  # the worker tells its supervisor what it runs every second
+    killed_at = time.time()
+    worker.kill()
+    seen: list = []
+
+    def finished() -> bool:
+        seen.extend(events(settings))
+        return any(e.ok for e in seen)
+
+    wait_for(finished, timeout=60, what="the task done")
+    # The supervisor reports the killed run (for its node time); the next run finishes it.
+    [lost] = [e for e in seen if isinstance(e, AbandonedRun)]
+    assert (lost.part, lost.node, lost.worker, lost.attempt) == (0, "node-a", 0, 1)
+    assert lost.started_at < killed_at <= lost.finished_at
+    assert [(e.part, e.attempt) for e in seen if e.ok] == [(0, 2)]
 
 
 def test_kill_9_of_the_node_takes_its_workers_and_tools_along(start_node, settings, tmp_path):

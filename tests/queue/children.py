@@ -50,10 +50,13 @@ def send_loop(db: str, name: str, tag: str, log: str) -> None:
             batch += 1
 
 
-def send_then_hang(db: str, name: str, body: str) -> None:
-    """Send one message, say so, and wait to be killed with the connection still open."""
+def send_then_hang(db: str, name: str, body: str, durable: str = "durable") -> None:
+    """Send one message, say so, and wait to be killed with the connection still open.
+
+    ``durable`` is "durable" or "not-durable" (``send(..., durable=False)``).
+    """
     queue = LocalQueue(Path(db), name)
-    message_id = queue.send(body)
+    message_id = queue.send(body, durable=durable == "durable")
     say(message_id)
     time.sleep(120)
 

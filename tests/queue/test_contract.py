@@ -83,6 +83,35 @@ def test_single_message_conveniences(queue_factory):
     assert queue.depth() == depth()
 
 
+def test_a_send_that_need_not_be_durable_delivers_as_any_send(queue_factory):
+    queue = queue_factory()
+    fast = queue.send_batch([Outgoing(f"fast-{i}") for i in range(3)], durable=False)
+    one = queue.send("one", durable=False)
+    slow = queue.send_batch([Outgoing("slow")])  # durable, as by default
+    got = queue.receive(MAX_BATCH)
+    assert {m.message_id: m.body for m in got} == {
+        **{message_id: f"fast-{i}" for i, message_id in enumerate(fast)},
+        one: "one",
+        slow[0]: "slow",
+    }
+    assert queue.delete_batch([m.receipt for m in got]).failed == {}
+    assert queue.depth() == depth()
+
+
+def test_send_all_sends_any_number_and_returns_their_ids_in_order(queue_factory):
+    queue = queue_factory()
+    count = 2 * MAX_BATCH + 3
+    ids = queue.send_all([Outgoing(f"m-{i}") for i in range(count)])
+    assert len(set(ids)) == count
+    got = []
+    for _ in range(10):  # a receive may return fewer than are waiting
+        got += queue.receive(MAX_BATCH, wait_s=1)
+        if len(got) >= count:
+            break
+    assert {m.message_id: m.body for m in got} == {ids[i]: f"m-{i}" for i in range(count)}
+    assert queue.send_all([]) == []
+
+
 def test_queues_with_different_names_are_separate(queue_factory):
     left, right = queue_factory("left"), queue_factory("right")
     left.send("for left")

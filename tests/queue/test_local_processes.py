@@ -131,8 +131,10 @@ def test_a_sender_killed_mid_batch_leaves_whole_batches(db, tmp_path):
     assert integrity(db) == "ok"
 
 
-def test_a_committed_send_survives_kill_9_of_its_process(db):
-    with child("send-then-hang", db, "durable", "keep me") as sender:
+@pytest.mark.parametrize("durable", ["durable", "not-durable"])
+def test_a_committed_send_survives_kill_9_of_its_process(db, durable):
+    # Only a power loss may undo a send that was not durable, never a crashed process.
+    with child("send-then-hang", db, "durable", "keep me", durable) as sender:
         message_id = read_line(sender)
         kill(sender)
     with LocalQueue(db, "durable") as queue:

@@ -24,7 +24,7 @@ def table_names(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_the_models_name_the_seven_tables() -> None:
+def test_the_models_name_the_eight_tables() -> None:
     assert {
         "jobs",
         "stages",
@@ -33,6 +33,7 @@ def test_the_models_name_the_seven_tables() -> None:
         "workers",
         "metric_samples",
         "scaling_events",
+        "unpriced_runs",
     } == STORE_TABLES
 
 
@@ -52,7 +53,7 @@ def test_opening_an_empty_database_creates_the_schema_through_alembic(
         assert store.stage_counts("j")[0].counts == {"pending": 1}
 
     assert table_names(empty_url) == STORE_TABLES | {migrate.VERSION_TABLE}
-    assert migrate.head_revision() == "0004"
+    assert migrate.head_revision() == "0005"
 
 
 def test_upgrade_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
@@ -127,9 +128,9 @@ def test_make_revision_writes_the_next_numbered_migration(tmp_path: Path) -> Non
     directory = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, directory, ignore=shutil.ignore_patterns("__pycache__"))
     path = migrate.make_revision("nothing changed", directory=directory)
-    assert path.name == "0005_nothing_changed.py"
+    assert path.name == "0006_nothing_changed.py"
     text = path.read_text()
-    assert "down_revision: str | None = '0004'" in text
+    assert "down_revision: str | None = '0005'" in text
     # The models equal the migrations, so autogenerate finds nothing to do.
     assert "op." not in text
 

@@ -12,7 +12,7 @@ from typing import Any
 from batchfarm.actors.backends import COMPLETIONS, TASKS, open_blobs, open_queue
 from batchfarm.actors.backends.queue import Outgoing, TaskQueue
 from batchfarm.actors.codec import decode_body, encode_body
-from batchfarm.actors.messages import Completion, TaskBody
+from batchfarm.actors.messages import AbandonedRun, Completion, TaskBody
 from batchfarm.actors.settings import Settings, load
 
 HANDLERS = "tests.worker.handlers"
@@ -54,17 +54,22 @@ def submit(
             queue.send_batch([Outgoing(encode_body(t)) for t in tasks[start : start + 10]])
 
 
-def completions(settings: Settings) -> list[Completion]:
-    """Every completion event sent so far (received and deleted)."""
+def events(settings: Settings) -> list[Completion]:
+    """Every event sent to the completion queue so far, abandoned runs included (consumed)."""
     found: list[Completion] = []
     with open_queue(settings.queue, COMPLETIONS) as queue:
         while batch := queue.receive(10, wait_s=0, visibility_s=60):
             for message in batch:
-                event = decode_body(message.body, Completion)
+                event = decode_body(message.body)
                 assert isinstance(event, Completion)
                 found.append(event)
             queue.delete_batch([m.receipt for m in batch]).raise_for_failures()
     return found
+
+
+def completions(settings: Settings) -> list[Completion]:
+    """Every completion event with an outcome sent so far (abandoned runs read and dropped)."""
+    return [e for e in events(settings) if not isinstance(e, AbandonedRun)]
 
 
 class Completions:

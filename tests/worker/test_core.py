@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from batchfarm.actors.backends import open_blobs
-from batchfarm.actors.messages import cancel_marker
+from batchfarm.actors.messages import AbandonedRun, cancel_marker
 from tests.worker.grid import (
     completions,
+    events,
     make_settings,
     submit,
     task,
@@ -19,6 +20,19 @@ from tests.worker.grid import (
 def backlog(settings):
     with tasks_queue(settings) as queue:
         return queue.depth()
+
+
+def sent_events(settings, count):
+    """The events sent to the completion queue, once there are ``count`` (the output thread
+    may still be sending them when the worker's counters already show its runs done)."""
+    sent = []
+
+    def enough():
+        sent.extend(events(settings))
+        return len(sent) >= count
+
+    wait_for(enough, what=f"{count} events")
+    return sent
 
 
 def test_tasks_run_and_their_outputs_land_under_the_task_prefix(tmp_path, start_core):
@@ -199,12 +213,18 @@ def test_a_forced_pause_hands_the_running_task_back(tmp_path, start_core):
     settings = make_settings(tmp_path / "state")
     submit(settings, task(0, "sleep", params={"seconds": 30}))
     core = start_core(settings)
-    wait_for(lambda: core.state == "busy", what="the task running")
+    wait_for(lambda: core.status(0, None).progress is not None, what="the handler running")
+    paused_at = time.time()
     core.pause(force=True)
     wait_for(lambda: backlog(settings).visible == 1, timeout=5, what="the task handed back")
     assert core.state == "paused"
     assert core.done == 0
-    assert completions(settings) == []  # stopped, not failed
+    # Stopped, not failed: its only event (sent before the hand-back) reports the run
+    # abandoned, for its node time.
+    [stopped] = events(settings)
+    assert isinstance(stopped, AbandonedRun)
+    assert (stopped.part, stopped.node, stopped.worker, stopped.attempt) == (0, "node-t", 0, 1)
+    assert stopped.started_at < paused_at <= stopped.finished_at
     time.sleep(1.0)
     assert backlog(settings).visible == 1  # a paused worker takes nothing
     core.resume()
@@ -225,7 +245,12 @@ def test_a_lost_lease_stops_the_task_and_commits_nothing(tmp_path, start_core):
         core.renew_leases()
         wait_for(lambda: core.state == "idle", timeout=5, what="the task stopped")
         assert core.leases.lost == 1
-        assert completions(settings) == []
+        # No outcome committed: only the run's node time, reported as abandoned (by the
+        # output thread, which may still be at it).
+        [lost] = sent_events(settings, 1)
+        assert isinstance(lost, AbandonedRun)
+        assert (lost.part, lost.node, lost.worker, lost.ok) == (0, "node-t", 0, False)
+        assert lost.finished_at > lost.started_at
         assert not core.leases.receipts()
         queue.delete(stolen.receipt)  # the new holder's receipt still works
 
@@ -273,6 +298,8 @@ def test_a_cancelled_job_is_dropped_whether_running_or_waiting(tmp_path, start_c
     blobs.put(cancel_marker("doomed"), b"cancelled\n")  # what the manager's cancel writes
     blobs.close()
     wait_for(lambda: core.cancelled == 2 and core.done == 1, timeout=15, what="doomed dropped")
-    assert [(e.job, e.ok) for e in completions(settings)] == [("kept", True)]
+    # The doomed task that was running reports its node time; the waiting one never ran.
+    reported = sorted((type(e).__name__, e.job, e.part) for e in sent_events(settings, 2))
+    assert reported == [("AbandonedRun", "doomed", 0), ("Completion", "kept", 0)]
     depth = backlog(settings)
     assert (depth.backlog, depth.dead) == (0, 0)

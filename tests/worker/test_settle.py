@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchfarm.actors.backends import COMPLETIONS, open_blobs, open_queue
+from batchfarm.actors.messages import AbandonedRun
 from batchfarm.actors.settings import Settings
 from batchfarm.actors.worker import assignment as steps
 from batchfarm.actors.worker import settle
@@ -17,6 +18,7 @@ from batchfarm.actors.worker.leases import Leases
 from tests.worker.grid import (
     Completions,
     completions,
+    events,
     make_settings,
     submit,
     task,
@@ -81,10 +83,18 @@ def test_a_run_whose_lease_was_lost_commits_nothing_and_the_others_commit(tmp_pa
     with tasks_queue(settings) as queue:
         runs = finished_runs(settings, queue, tmp_path, 4)
         runs[2].lease.lost = True  # a renewal was refused while it ran
+        runs[2].started_wall, runs[2].finished_wall = 1000.0, 1012.5
 
         assert commit(settings, runs, queue) == ["done", "done", None, "done"]
+        # Tried again (as after a queue error): nothing is reported twice.
+        assert commit(settings, runs, queue) == ["done", "done", None, "done"]
 
-        assert sorted(e.part for e in completions(settings)) == [0, 1, 3]
+        sent = events(settings)
+        assert sorted(e.part for e in sent if not isinstance(e, AbandonedRun)) == [0, 1, 3]
+        # Part 2 has no outcome to report, but the node time it took is reported.
+        [lost] = [e for e in sent if isinstance(e, AbandonedRun)]
+        assert (lost.part, lost.node, lost.worker) == (2, "node-t", 0)
+        assert (lost.started_at, lost.finished_at) == (1000.0, 1012.5)
         depth = queue.depth()
         assert (depth.visible, depth.in_flight) == (0, 1)  # part 2: left to its new holder
 
@@ -121,3 +131,43 @@ def test_a_lone_task_settles_at_once_and_a_flood_each_task_once(tmp_path, start_
         assert queue.depth().backlog == 0
     # No-op tasks make no scratch folder at all.
     assert not any((tmp_path / "scratch-0").iterdir())
+
+
+def test_completions_go_out_unsynced_before_the_deletes_in_the_task_queue_file(
+    tmp_path, monkeypatch
+):
+    # What makes skipping the fsync safe (see settle's module docstring): the event and the
+    # delete after it are commits to one file, in that order.
+    settings = make_settings(tmp_path / "state")
+    submit(settings, *[task(n, "noop") for n in range(3)])
+    calls: list[tuple[str, object]] = []
+    with tasks_queue(settings) as queue, open_queue(settings.queue, COMPLETIONS) as sent:
+        runs = finished_runs(settings, queue, tmp_path, 3)
+        send_batch, delete_batch = sent.send_batch, queue.delete_batch
+
+        def spy_send(messages, *, durable=True):
+            calls.append(("send", durable))
+            return send_batch(messages, durable=durable)
+
+        def spy_delete(receipts):
+            calls.append(("delete", len(receipts)))
+            return delete_batch(receipts)
+
+        monkeypatch.setattr(sent, "send_batch", spy_send)
+        monkeypatch.setattr(queue, "delete_batch", spy_delete)
+        blobs = open_blobs(settings.storage)
+        try:
+            outcomes = settle.commit(
+                [(run, queue) for run in runs],
+                sent,
+                blobs,
+                node="node-t",
+                worker=0,
+                tasks=settings.tasks,
+            )
+        finally:
+            blobs.close()
+        assert sent.path == queue.path
+    assert outcomes == ["done", "done", "done"]
+    assert calls == [("send", False), ("delete", 3)]
+    assert sorted(e.part for e in completions(settings)) == [0, 1, 2]

@@ -5,6 +5,8 @@ SQS) keeps the same contract, checked by one test suite:
 
 - ``send_batch`` takes at most :data:`MAX_BATCH` messages, each a text body of at most
   :data:`MAX_BODY_BYTES` UTF-8 bytes with an optional delay; the batch is all or nothing.
+  A send that returned is durable: it survives a crash of any process and a power loss,
+  unless the caller passed ``durable=False`` (see :meth:`TaskQueue.send_batch`).
 - ``receive`` hides what it returns for ``visibility_s`` seconds and hands out a receipt
   handle per message; the message reappears if it is not deleted in time. A message
   received more than ``max_receives`` times goes to the dead-letter queue instead.
@@ -106,8 +108,22 @@ class TaskQueue(ABC):
     max_receives: int | None
 
     @abstractmethod
-    def send_batch(self, messages: Sequence[Outgoing]) -> list[str]:
-        """Send up to :data:`MAX_BATCH` messages at once, all or nothing; return their ids."""
+    def send_batch(self, messages: Sequence[Outgoing], *, durable: bool = True) -> list[str]:
+        """Send up to :data:`MAX_BATCH` messages at once, all or nothing; return their ids.
+
+        Sent messages survive a crash of any process. With ``durable`` (the default) they
+        also survive a power loss or an operating-system crash once this returns.
+        ``durable=False`` lets a backend skip what that costs (the embedded queue's fsync):
+        a power loss may then undo the send, but only together with every later write to
+        the same backend (the embedded queue keeps a prefix of its file's commits, in
+        order). It is for a caller whose next write makes this send redundant if both are
+        lost, as a worker's completion event is followed by the delete of the task's
+        message: lose both and the task runs again (delivery is at least once). Never use it
+        where a write elsewhere (the store, another file) records that the send happened.
+        A durable send makes durable every send to the same queue that returned before it
+        (what :meth:`send_all` builds on). SQS ignores the flag: a send that returned is
+        stored.
+        """
 
     @abstractmethod
     def receive(
@@ -156,9 +172,24 @@ class TaskQueue(ABC):
 
     # Conveniences over the batch calls: one way to do each thing, single-message spelling.
 
-    def send(self, body: str, delay_s: float = 0.0) -> str:
-        """Send one message; return its id."""
-        return self.send_batch([Outgoing(body, delay_s)])[0]
+    def send(self, body: str, delay_s: float = 0.0, *, durable: bool = True) -> str:
+        """Send one message; return its id (``durable`` as for :meth:`send_batch`)."""
+        return self.send_batch([Outgoing(body, delay_s)], durable=durable)[0]
+
+    def send_all(self, messages: Sequence[Outgoing]) -> list[str]:
+        """Send any number of messages, :data:`MAX_BATCH` a batch; return their ids in order.
+
+        Durable once it returns, for the price of one durable send: every batch but the last
+        goes with ``durable=False``, and the last one's durability covers them (see
+        :meth:`send_batch`). Each batch is all or nothing (a backend may commit several as
+        one); an error part way leaves the batches before it sent (at least once: a caller
+        that tries again may send them twice).
+        """
+        ids: list[str] = []
+        for start in range(0, len(messages), MAX_BATCH):
+            end = start + MAX_BATCH
+            ids += self.send_batch(messages[start:end], durable=end >= len(messages))
+        return ids
 
     def delete(self, receipt: str) -> None:
         """Delete one message; raise :class:`StaleReceiptError` if the receipt is stale."""

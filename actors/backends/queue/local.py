@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from batchfarm.actors.backends.queue import (
     DLQ_SUFFIX,
+    MAX_BATCH,
     BatchResult,
     Outgoing,
     QueueDepth,
@@ -68,6 +69,9 @@ _T = TypeVar("_T")
 #: to no CPU, and a send wakes a poller within one interval.
 POLL_INTERVAL_S = 0.025
 SCHEMA_VERSION = 1
+#: Most messages :meth:`LocalQueue.send_all` commits in one transaction: a few milliseconds
+#: of holding the write lock, which consumers meanwhile wait out.
+SEND_ALL_ROWS = 1000
 
 # Receive counts never reach this; it stands for "no dead-letter queue" in comparisons.
 _NO_LIMIT = 1 << 62
@@ -91,6 +95,16 @@ class LocalQueue(TaskQueue):
     and a power loss can at most undo the last few of them, which only redelivers a message
     (delivery is at least once anyway) and never loses one. This keeps consumers free of
     an fsync per call.
+
+    ``send_batch(..., durable=False)`` commits with ``synchronous=NORMAL`` too. What a power
+    loss undoes is always a suffix of the file's commits, whichever queue and process made
+    them: every queue in the file shares one write-ahead log and commits append to it one
+    at a time; a frame counts only if its salt matches the log's header and its checksum,
+    which runs over every frame before it, holds; recovery replays frames from the start
+    up to the last commit before the first frame that fails; and a checkpoint fsyncs the
+    log before copying it into the database. So a non-durable send is lost only together
+    with every later commit: the delete of a task's message never outlives the completion
+    event the worker sent before it, and a durable send makes every earlier one durable.
     """
 
     def __init__(self, path: Path | str, name: str, max_receives: int | None = 5) -> None:
@@ -142,8 +156,11 @@ class LocalQueue(TaskQueue):
 
     # -- the contract ------------------------------------------------------------------------
 
-    def send_batch(self, messages: Sequence[Outgoing]) -> list[str]:
-        """Send up to 10 messages in one durable transaction; return their ids."""
+    def send_batch(self, messages: Sequence[Outgoing], *, durable: bool = True) -> list[str]:
+        """Send up to 10 messages in one transaction; return their ids.
+
+        The transaction is fsynced unless ``durable`` is False (see the class docstring).
+        """
         check_outgoing(messages)
         now = time.time()
         ids = _message_ids(len(messages))
@@ -151,8 +168,34 @@ class LocalQueue(TaskQueue):
             (self.name, message_id, message.body, now, now + message.delay_s)
             for message_id, message in zip(ids, messages, strict=True)
         ]
-        self._write("send_batch", lambda conn: conn.executemany(INSERT, rows), durable=True)
+        self._insert("send_batch", rows, durable=durable)
         return ids
+
+    def send_all(self, messages: Sequence[Outgoing]) -> list[str]:
+        """Send any number of messages; return their ids in order (see :meth:`TaskQueue.send_all`).
+
+        Up to :data:`SEND_ALL_ROWS` messages go in one transaction rather than 10, so a large
+        job's bodies take few turns at the file's write lock (each turn another process holds
+        it costs a wait of a millisecond or more); only the last transaction is fsynced.
+        """
+        for start in range(0, len(messages), MAX_BATCH):
+            check_outgoing(messages[start : start + MAX_BATCH])
+        now = time.time()
+        ids = _message_ids(len(messages))
+        rows = [
+            (self.name, message_id, message.body, now, now + message.delay_s)
+            for message_id, message in zip(ids, messages, strict=True)
+        ]
+        for start in range(0, len(rows), SEND_ALL_ROWS):
+            last = start + SEND_ALL_ROWS >= len(rows)
+            self._insert("send_all", rows[start : start + SEND_ALL_ROWS], durable=last)
+        return ids
+
+    def _insert(
+        self, call: str, rows: list[tuple[str, str, str, float, float]], durable: bool
+    ) -> None:
+        """Insert message rows in one transaction, fsynced if ``durable``."""
+        self._write(call, lambda conn: conn.executemany(INSERT, rows), durable=durable)
 
     def receive(
         self, max_messages: int = 1, wait_s: float = 0.0, visibility_s: float = 30.0

@@ -148,8 +148,11 @@ class SqsQueue(TaskQueue):
 
     # -- the contract ------------------------------------------------------------------------
 
-    def send_batch(self, messages: Sequence[Outgoing]) -> list[str]:
-        """Send up to 10 messages; return their ids (see the module docstring on failures)."""
+    def send_batch(self, messages: Sequence[Outgoing], *, durable: bool = True) -> list[str]:
+        """Send up to 10 messages; return their ids (see the module docstring on failures).
+
+        ``durable`` is ignored: SQS has stored a message once its send returns.
+        """
         check_outgoing(messages)
         entries = [
             {"Id": str(i), "MessageBody": m.body, "DelaySeconds": _whole(m.delay_s)}

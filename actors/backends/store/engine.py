@@ -243,10 +243,14 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                # WAL: readers never block the writer. synchronous=NORMAL in WAL survives
-                # any process crash; only a power loss may forget the last commits.
+                # WAL: readers never block the writer. synchronous=FULL fsyncs the log at
+                # every commit: the manager records runs here and then deletes their
+                # completion events from the queue, another file, so a store commit must
+                # outlive a power loss before that delete (and before a job's tasks are
+                # sent). The manager commits a batch at a time, so this is an fsync per
+                # batch, not per task.
                 _enable_wal(cursor)
-                cursor.execute("PRAGMA synchronous = NORMAL")
+                cursor.execute("PRAGMA synchronous = FULL")
         finally:
             cursor.close()
 

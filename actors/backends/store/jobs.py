@@ -17,8 +17,16 @@ from sqlalchemy.engine import Connection
 
 from batchfarm.actors.backends.store import runs
 from batchfarm.actors.backends.store.base import StoreBase, check_ident, clip
+from batchfarm.actors.backends.store.costs import node_prices
 from batchfarm.actors.backends.store.dialects import insert_missing, update_rows
-from batchfarm.actors.backends.store.models import IDENT_LEN, JOBS, STAGES, TASKS, TaskState
+from batchfarm.actors.backends.store.models import (
+    IDENT_LEN,
+    JOBS,
+    STAGES,
+    TASKS,
+    UNPRICED_RUNS,
+    TaskState,
+)
 from batchfarm.actors.backends.store.records import (
     NewJob,
     NewStage,
@@ -41,7 +49,7 @@ _KEPT_UNLESS_GIVEN = {
 }
 _RUN_STATE = (
     *("state", "attempts", "node_id", "worker", "started_at", "duplicate_runs"),
-    "failed_nodes",
+    *("failed_nodes", "cost_dollars", "runs_seen"),
 )
 
 
@@ -150,7 +158,7 @@ class JobWrites(StoreBase):
         """Apply finished runs to their tasks, idempotently (the rules are in ``runs``).
 
         A task's first success is recorded once; a later run of a succeeded task only adds
-        to its ``duplicate_runs``; the same run reported twice changes nothing.
+        to its ``duplicate_runs`` and its cost; the same run reported twice changes nothing.
         """
         outcome: dict[str, list[str]] = {}
         for batch in self._batches(task_runs):
@@ -160,17 +168,20 @@ class JobWrites(StoreBase):
                     key: runs.Stored(**row)
                     for key, row in _locked_tasks(connection, keys, _RUN_STATE).items()
                 }
-                plan = runs.plan(batch, stored, time.time())
+                prices = node_prices(connection, {run.node for run in batch})
+                plan = runs.plan(batch, stored, time.time(), prices)
                 update_rows(connection, TASKS, [_with_key(k, v) for k, v in plan.updates.items()])
                 now = time.time()
                 update_rows(
                     connection,
                     TASKS,
                     [
-                        _with_key(key, {"duplicate_runs": total, "updated_at": now})
-                        for key, total in plan.duplicates.items()
+                        _with_key(key, {**values, "updated_at": now})
+                        for key, values in plan.counted.items()
                     ],
                 )
+                if plan.unpriced:
+                    connection.execute(sa.insert(UNPRICED_RUNS), plan.unpriced)
             for kind, ids in plan.outcome.items():
                 outcome.setdefault(kind, []).extend(ids)
         return RunsApplied(**{kind: tuple(ids) for kind, ids in outcome.items()})

@@ -223,6 +223,44 @@ class Task(Base):
     #: Extra runs reported after the task had succeeded (at-least-once delivery's cost).
     duplicate_runs: Mapped[int] = mapped_column(sa.Integer)
     updated_at: Mapped[float] = mapped_column(sa.Double)
+    #: Dollars of every run of the task recorded so far (failed, retried, duplicate, each
+    #: once), at its node's price when recorded; runs whose price was unknown then are in
+    #: ``unpriced_runs`` instead. See ``costs``.
+    cost_dollars: Mapped[float] = mapped_column(sa.Double, default=0.0, server_default="0")
+    #: The runs recorded, as ``[node, worker, started_at]``, oldest first and at most
+    #: ``runs.MAX_RUNS_SEEN``: a run reported again is recognised and counted once. NULL
+    #: while the only run is a first success, and in rows older than the column (the row's
+    #: own node, worker and start then identify its run).
+    runs_seen: Mapped[list[list[Any]] | None] = mapped_column(NullableJSON)
+
+
+class UnpricedRun(Base):
+    """A run recorded while its node's price was unknown: priced when read, at the price then.
+
+    Its node's row may not exist yet (the run beat the node's first heartbeat to the store)
+    or hold no price yet (a spot price still being looked up); either arrives later.
+    """
+
+    __tablename__ = "unpriced_runs"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["job_id", "stage", "part"],
+            ["tasks.job_id", "tasks.stage", "tasks.part"],
+            ondelete="CASCADE",
+        ),
+        # A task's (or stage's, or job's) unpriced runs.
+        sa.Index(None, "job_id", "stage", "part"),
+        MYSQL_TABLE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.String(IDENT_LEN))
+    stage: Mapped[str] = mapped_column(sa.String(IDENT_LEN))
+    part: Mapped[int] = mapped_column(sa.Integer)
+    #: Not a foreign key: the node's row may come later.
+    node_id: Mapped[str] = mapped_column(sa.String(NODE_ID_LEN))
+    #: Wall seconds the run took (its node's worker count divides them when priced).
+    seconds: Mapped[float] = mapped_column(sa.Double)
 
 
 class Node(Base):
@@ -343,6 +381,7 @@ JOBS = Base.metadata.tables[Job.__tablename__]
 STAGES = Base.metadata.tables[Stage.__tablename__]
 TASKS = Base.metadata.tables[Task.__tablename__]
 NODES = Base.metadata.tables[Node.__tablename__]
+UNPRICED_RUNS = Base.metadata.tables[UnpricedRun.__tablename__]
 WORKERS = Base.metadata.tables[Worker.__tablename__]
 SAMPLES = Base.metadata.tables[MetricSample.__tablename__]
 SCALING_EVENTS = Base.metadata.tables[ScalingEvent.__tablename__]

@@ -7,7 +7,7 @@ Every read runs in its own short transaction and returns frozen ``*View`` record
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +33,9 @@ from batchfarm.actors.backends.store.records import (
     TaskView,
     WorkerView,
 )
+
+# What a TaskView shows: not the bookkeeping of costs (``costs`` sums those).
+_TASK_VIEW = [TASKS.c[f.name] for f in fields(TaskView)]
 
 
 class Queries(StoreBase):
@@ -66,7 +69,7 @@ class Queries(StoreBase):
 
     def task(self, job_id: str, stage: str, part: int) -> TaskView | None:
         """One task, or None if the store does not know it."""
-        query = sa.select(TASKS).where(
+        query = sa.select(*_TASK_VIEW).where(
             TASKS.c.job_id == job_id, TASKS.c.stage == stage, TASKS.c.part == part
         )
         with self._reading(f"read task {job_id}/{stage}/{part}") as connection:
@@ -84,7 +87,7 @@ class Queries(StoreBase):
         offset: int = 0,
     ) -> list[TaskView]:
         """A job's tasks by stage and part, optionally filtered by stage, state and node."""
-        query = sa.select(TASKS).where(TASKS.c.job_id == job_id)
+        query = sa.select(*_TASK_VIEW).where(TASKS.c.job_id == job_id)
         if stage is not None:
             query = query.where(TASKS.c.stage == stage)
         if states is not None:

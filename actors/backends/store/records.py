@@ -123,6 +123,9 @@ class TaskRun:
     #: Why the task ends up in its state, when the manager has more to say than the error
     #: (``poison: failed on nodes a and b``); stored as the task's reason.
     reason: str | None = None
+    #: A run that stopped without an outcome (lease lost, stopped by a pause, a drain or a
+    #: cancel): it adds its cost to its task and changes nothing else (``ok`` is False).
+    abandoned: bool = False
 
     @property
     def task_id(self) -> str:
@@ -146,6 +149,8 @@ class RunsApplied:
     redelivered: tuple[str, ...] = ()
     #: Runs of cancelled tasks, or failures older than the task's final failure.
     ignored: tuple[str, ...] = ()
+    #: Abandoned runs counted for the first time: their cost added, nothing else changed.
+    abandoned: tuple[str, ...] = ()
     #: Runs of tasks the store does not know.
     unknown: tuple[str, ...] = ()
 
