@@ -85,7 +85,7 @@ class ApiMetrics:
         self.runs = RunMetrics(store, self.registry)
         self.loop_lag = LoopLag(self.registry)
         self.store_writes = StoreWrites(store.engine, self.registry)
-        self.registry.register(GridCollector(store, queues, capacity))
+        self.registry.register(GridCollector(store, queues, capacity, telemetry))
         self.registry.register(CostCollector(store))
         if telemetry is not None:
             self.registry.register(TelemetryCollector(telemetry))

@@ -28,7 +28,9 @@ from batchfarm.actors.api.views import PRESENT, WAIT_REASONS, Fleet, wait_label
 from batchfarm.actors.backends.queue import TaskQueue
 from batchfarm.actors.backends.store import JobState, NodeState, Store, TaskState
 from batchfarm.actors.backends.store.records import NodeView
+from batchfarm.actors.backends.store.totals import WorkerTotals
 from batchfarm.actors.errors import BackendError
+from batchfarm.actors.manager.telemetry import TelemetryProcessor
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,9 @@ class GridCollector(Collector):
     """Jobs, tasks, queues, nodes and workers, read from the store and queues on each scrape.
 
     ``capacity`` feeds ``batchfarm_autoscaler_{desired,actual}_nodes``; without one (no
-    autoscaler yet) the two families are absent rather than made up.
+    autoscaler yet) the two families are absent rather than made up. With ``telemetry``
+    (the manager's), the workers are counted from the latest heartbeats it holds when it
+    holds one of every reporting node, rather than from the store's 64,000 rows.
     """
 
     def __init__(
@@ -68,10 +72,12 @@ class GridCollector(Collector):
         store: Store,
         queues: Mapping[str, TaskQueue],
         capacity: CapacitySource | None = None,
+        telemetry: TelemetryProcessor | None = None,
     ) -> None:
         self._store = store
         self._queues = queues
         self._capacity = capacity
+        self._telemetry = telemetry
 
     def describe(self) -> Iterable[Metric]:
         """Nothing up front: registering must not read the store."""
@@ -108,7 +114,7 @@ class GridCollector(Collector):
         )
         yield from _handler_families(store)
         nodes = store.nodes()
-        workers = store.worker_totals()
+        workers = self._worker_totals(nodes)
         yield _waiting(store, _fleet(nodes, workers.by_node_state))
         yield from _node_families(nodes, workers.by_node_state, workers.rss_by_node)
         yield from self._queue_families()
@@ -119,6 +125,15 @@ class GridCollector(Collector):
         )
         if self._capacity is not None:
             yield from _capacity_families(self._capacity.capacity())
+
+    def _worker_totals(self, nodes: list[NodeView]) -> WorkerTotals:
+        """The workers of ``nodes``, from the manager's memory where it has them all."""
+        if self._telemetry is not None:
+            reporting = [node.id for node in nodes if node.state in PRESENT]
+            held = self._telemetry.worker_totals(reporting)
+            if held is not None:
+                return held
+        return self._store.worker_totals()
 
     def _queue_families(self) -> Iterable[Metric]:
         messages = GaugeMetricFamily(

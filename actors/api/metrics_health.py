@@ -118,7 +118,8 @@ class TelemetryCollector(Collector):
         yield frames
         written = CounterMetricFamily(
             "batchfarm_telemetry_written",
-            "Heartbeats (node rows), changed worker rows and metric samples written to the store.",
+            "Node rows (when a node changes, or its last heartbeat every 10 s), changed worker"
+            " rows and metric samples written to the store.",
             labels=["kind"],
         )
         written.add_metric(["heartbeat"], counters.beats_written)
@@ -141,7 +142,7 @@ class TelemetryCollector(Collector):
         pending_beats, pending_samples = self._telemetry.pending
         pending = GaugeMetricFamily(
             "batchfarm_telemetry_pending",
-            "Heartbeats and samples waiting in memory for the next store write.",
+            "Nodes heard since the last flush, and metric samples held for the next write.",
             labels=["kind"],
         )
         pending.add_metric(["heartbeat"], pending_beats)

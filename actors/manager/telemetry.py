@@ -1,14 +1,17 @@
 """The telemetry processor: node heartbeats and metrics in, commands out (the control plane).
 
 Nodes connect DEALER sockets, whose routing id is their node id, to one ROUTER that
-:class:`TelemetryProcessor` binds. Heartbeats and metric samples are buffered and written to
-the store in batches by :meth:`~TelemetryProcessor.flush`, one store call for each kind:
-every node heard since the last flush, but of its workers only those that changed (see
-:mod:`batchfarm.actors.manager.telemetry_writes`). A heartbeat that changes a node's state
-(``stopping``, say) is written at the next :meth:`~TelemetryProcessor.tick`, not a flush
+:class:`TelemetryProcessor` binds. Heartbeats and metric samples are held in memory and
+written to the store in batches by :meth:`~TelemetryProcessor.tick`, one store call for each
+kind: each flush interval, of the nodes heard since the last, the rows that changed (see
+:mod:`batchfarm.actors.manager.telemetry_writes`); every ``sample_interval``, the latest
+sample of each series (see :mod:`batchfarm.actors.manager.telemetry_samples`). A heartbeat
+that changes a node's state (``stopping``, say) is written at the next tick, not a flush
 interval later. A node silent for longer than ``lost_after`` is marked lost by
-:meth:`~TelemetryProcessor.check_lost`. Telemetry is steering, never the only copy of
-anything: a frame lost with a manager restart costs a sample, not work.
+:meth:`~TelemetryProcessor.check_lost`: the manager's memory of when it last heard each node
+says which, not the store's ``last_heartbeat`` (which may lag it a few seconds). Telemetry
+is steering, never the only copy of anything: a frame lost with a manager restart costs a
+sample, not work.
 
 Times: a heartbeat is stored at the manager's clock when it arrived, because liveness is
 whether the *manager* hears a node, and comparing one clock with itself cannot be skewed. A
@@ -21,31 +24,31 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
-from batchfarm.actors.backends.store import NewSample, Store
+from batchfarm.actors.backends.store import Store
 from batchfarm.actors.backends.store.models import (
     IDENT_LEN,
     METRIC_NAME_LEN,
     NODE_ID_LEN,
     TASK_ID_LEN,
 )
+from batchfarm.actors.backends.store.totals import WorkerTotals
 from batchfarm.actors.codec import encode_frame
-from batchfarm.actors.codec_columns import Columns
 from batchfarm.actors.errors import MessageError
+from batchfarm.actors.manager.telemetry_samples import SAMPLE_INTERVAL_S, SampleFold, sample_column
 from batchfarm.actors.manager.telemetry_writes import FleetWrites, worker_column
-from batchfarm.actors.messages import Command, Heartbeat, Metrics, Sample
+from batchfarm.actors.messages import Command, Heartbeat, Metrics
 from batchfarm.actors.sockets import Rejects, decode_or_count, make_socket
 
 log = logging.getLogger(__name__)
 
 #: Most frames one :meth:`TelemetryProcessor.poll` reads, so a flood cannot stall the loop.
 MAX_FRAMES_PER_POLL = 1000
-#: Most metric samples buffered between flushes; the oldest are dropped (and counted) first.
+#: Most metric samples held between writes (the latest of each series; see SampleFold).
 MAX_BUFFERED_SAMPLES = 100_000
 #: Longest host name the store keeps.
 HOST_LEN = 255
@@ -62,7 +65,7 @@ class TelemetryCounters:
     #: Frames that were not a batchfarm record, by reason.
     rejects: Rejects = field(default_factory=Rejects)
     samples_dropped: int = 0
-    #: Node rows written (one per node heard, per flush).
+    #: Node rows written (a node's row is written when it changes; see telemetry_writes).
     beats_written: int = 0
     #: Worker rows written (only workers that changed).
     workers_written: int = 0
@@ -76,10 +79,11 @@ class TelemetryCounters:
 class TelemetryProcessor:
     """A ROUTER for node telemetry, with batched writes and lost-node detection.
 
-    ``flush_interval`` is the most time a heartbeat or sample waits in memory (see
-    :meth:`tick`); ``lost_after`` how long a node may stay silent before it counts as lost
-    (three heartbeat intervals, say). The latest heartbeat of every node is kept in memory
-    in :attr:`latest`, its worker statuses included, for the API.
+    ``flush_interval`` is the most time a changed heartbeat waits in memory (see
+    :meth:`tick`), ``sample_interval`` the time between two writes of metric samples;
+    ``lost_after`` how long a node may stay silent before it counts as lost (three heartbeat
+    intervals, say). The latest heartbeat of every node is kept in memory in :attr:`latest`,
+    its worker statuses included, for the API.
     """
 
     def __init__(
@@ -90,13 +94,14 @@ class TelemetryProcessor:
         *,
         flush_interval: float,
         lost_after: float,
+        sample_interval: float = SAMPLE_INTERVAL_S,
         clock: Callable[[], float] = time.time,
         price: Callable[[Heartbeat], float | None] | None = None,
     ) -> None:
-        if flush_interval <= 0 or lost_after <= 0:
+        if min(flush_interval, lost_after, sample_interval) <= 0:
             raise ValueError(
-                f"flush_interval {flush_interval} and lost_after {lost_after}: "
-                "expected positive seconds"
+                f"flush_interval {flush_interval}, lost_after {lost_after} and "
+                f"sample_interval {sample_interval}: expected positive seconds"
             )
         self._store = store
         self._clock = clock
@@ -104,6 +109,7 @@ class TelemetryProcessor:
         self._price = price
         self.flush_interval = flush_interval
         self.lost_after = lost_after
+        self.sample_interval = sample_interval
         self.counters = TelemetryCounters()
         #: The latest heartbeat of each node, by node id (nodes marked lost are dropped).
         self.latest: dict[str, Heartbeat] = {}
@@ -112,10 +118,12 @@ class TelemetryProcessor:
         self._heard: dict[str, tuple[float, str]] = {}
         #: A node changed state: write at the next tick.
         self._urgent = False
-        self._samples: list[NewSample] = []
+        self._samples = SampleFold(MAX_BUFFERED_SAMPLES)
         self._routes: dict[str, bytes] = {}
         self._started = clock()
-        self._last_flush = self._started
+        self._last_flush = self._last_samples = self._started
+        #: Whether the store's nodes were looked over for lost ones since the start.
+        self._scanned = False
         self.socket = make_socket(context, zmq.ROUTER)
         try:
             # A node that reconnects while its old connection still looks alive here takes
@@ -180,62 +188,84 @@ class TelemetryProcessor:
 
     def _on_metrics(self, metrics: Metrics) -> None:
         self.counters.metrics += 1
-        at, node, samples = metrics.sent_at, metrics.node, metrics.samples
-        self._samples.extend(
-            NewSample(time=at, name=name, value=value, node=node, labels=labels)
-            for name, value, labels in zip(
-                sample_column(samples, "name"),
-                sample_column(samples, "value"),
-                sample_column(samples, "labels"),
-                strict=True,
-            )
-        )
-        excess = len(self._samples) - MAX_BUFFERED_SAMPLES
-        if excess > 0:
-            del self._samples[:excess]
-            self.counters.samples_dropped += excess
+        self.counters.samples_dropped += self._samples.add(metrics)
+
+    def worker_totals(self, nodes: Collection[str]) -> WorkerTotals | None:
+        """Workers of ``nodes`` counted by node and state, as their latest heartbeats say.
+
+        None when one of ``nodes`` has no heartbeat here (the manager restarted since, say):
+        then only the store has them all. Safe from another thread than the loop's.
+        """
+        latest = dict(self.latest)  # one C-level copy: the loop may add a node meanwhile
+        if not all(node in latest for node in nodes):
+            return None
+        totals = WorkerTotals()
+        for node in nodes:
+            workers = latest[node].workers
+            states = worker_column(workers, "state")
+            for state in set(states):  # a few states: counted in C, faster than a Counter
+                totals.by_node_state[(node, state)] += states.count(state)
+            totals.rss_by_node[node] += sum(worker_column(workers, "rss_bytes"))
+        return totals
 
     # -- writing --------------------------------------------------------------------------------
 
     @property
     def pending(self) -> tuple[int, int]:
-        """Heartbeats (one per node) and samples waiting for the next flush."""
-        return self._fleet.pending, len(self._samples)
+        """Nodes heard since the last flush, and samples held for the next sample write."""
+        return self._fleet.pending, self._samples.pending
 
     def flush(self) -> None:
-        """Write buffered heartbeats and samples, one store call for each kind.
+        """Write all that is held: changed rows, every node's last heartbeat time, samples.
 
-        A store error propagates and leaves the buffers as they were, for the next flush.
+        For a manager that stops (and tests): each kind in one store call. A store error
+        propagates and leaves what is held as it was, for the next write.
         """
-        now = self._last_flush = self._clock()
+        now = self._clock()
+        self._write(now, self._fleet.unwritten(), samples=True)
+
+    def _write(self, now: float, silent: list[str], *, samples: bool) -> None:
+        """Write the changed heartbeats, with ``silent``'s last heartbeat, and maybe samples."""
+        self._last_flush = now
         self._urgent = False
-        if self._fleet.pending:
-            flush = self._fleet.collect(now)
-            self._store.write_fleet(flush.changes)
+        if self._fleet.pending or silent:
+            flush = self._fleet.collect(now, silent)
+            if flush.beats or flush.marks:
+                self._store.write_fleet(flush.changes)
             self._fleet.done(flush)
-            self.counters.beats_written += len(flush.changes.beats)
-            self.counters.workers_written += sum(len(b.workers) for b in flush.changes.beats)
-        if self._samples:
-            samples = self._samples
-            self._store.add_samples(samples)
-            self._samples = []
-            self.counters.samples_written += len(samples)
+            self.counters.beats_written += len(flush.beats)
+            self.counters.workers_written += sum(len(b.workers) for b in flush.beats)
+        if samples:
+            self._last_samples = now
+            if self._samples.pending:
+                held = self._samples.samples()
+                self._store.add_samples(held)
+                self._samples.clear()
+                self.counters.samples_written += len(held)
 
     def check_lost(self, now: float | None = None) -> list[str]:
-        """Mark nodes silent for longer than ``lost_after`` lost; returns their ids.
+        """Write what is due, and mark nodes silent for longer than ``lost_after`` lost.
 
-        Flushes first, so a heartbeat still in memory counts. Does nothing during the first
-        ``lost_after`` after the processor started: a manager that just (re)started has not
-        yet had the time to hear from the nodes that are alive.
+        Returns the nodes newly marked lost. The manager's memory says which nodes are
+        silent: their last heartbeat is written, then the store marks them lost (or stopped,
+        after a final ``stopping``). The first time, once ``lost_after`` has passed since
+        the processor started, the store also marks the nodes it holds that this manager
+        never heard: a manager that just (re)started must first have had the time to hear
+        from the nodes that are alive.
         """
         now = self._clock() if now is None else now
-        self.flush()
-        if now - self._started < self.lost_after:
-            return []
         before = now - self.lost_after
-        lost = self._store.mark_nodes_lost(before)
+        grace = now - self._started < self.lost_after
+        silent = [] if grace else [node for node, (at, _) in self._heard.items() if at < before]
+        self._write(now, silent, samples=now - self._last_samples >= self.sample_interval)
+        if grace or (self._scanned and not silent):
+            return []
+        # The others' stored last_heartbeat may lag what this manager heard: they are kept.
+        gone = set(silent)
+        alive = {node for node in self._heard if node not in gone}
+        lost = self._store.mark_nodes_lost(before, keep=alive)
+        self._scanned = True
         # Lost or stopped, the store changed their workers: a node back is written whole.
-        silent = [node for node, (at, _) in self._heard.items() if at < before]
         self._fleet.forget([*lost, *silent])
         for node in silent:
             del self._heard[node]
@@ -246,9 +276,10 @@ class TelemetryProcessor:
         return lost
 
     def tick(self, now: float | None = None) -> list[str]:
-        """Flush and check for lost nodes once ``flush_interval`` has passed since the last.
+        """Write and check for lost nodes once ``flush_interval`` has passed since the last.
 
-        For the actor's timer; returns the nodes newly marked lost.
+        At once when a node changed state. For the actor's timer; returns the nodes newly
+        marked lost.
         """
         now = self._clock() if now is None else now
         if now - self._last_flush < self.flush_interval and not self._urgent:
@@ -307,10 +338,3 @@ def fit_problem(record: Heartbeat | Metrics) -> str | None:
         )
         return f"heartbeat of {node}: worker {index} task id over {TASK_ID_LEN} characters"
     return None
-
-
-def sample_column(samples: Sequence[Sample], name: str) -> list[Any]:
-    """Field ``name`` of every sample: the decoded column itself when there is one."""
-    if isinstance(samples, Columns):
-        return samples.column(name)
-    return [getattr(sample, name) for sample in samples]

@@ -17,7 +17,10 @@ one DEALER per node) send one heartbeat and one metrics frame per node per secon
 
 The simulated nodes send the same frames every second (encoded once, see
 ``telemetry_sim.py``): after its first heartbeat no worker of theirs changes, so the
-manager writes no worker row; a real fleet's changed rows come on top.
+manager writes no worker row, and a node's row only for its last heartbeat (every
+``NODE_SEEN_S``); a real fleet's changed rows come on top (a node whose CPU moves by 5
+points or more is written each second). Metric samples are written as each series' latest,
+every ``SAMPLE_INTERVAL_S``.
 
 Target: the manager keeps up, drops nothing, and uses under half a core. Prints a table,
 then one JSON line.

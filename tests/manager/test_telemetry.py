@@ -197,7 +197,8 @@ def test_a_flush_writes_each_kind_in_one_call(context, store, telemetry):
                 sock.send(encode_frame(beat(f"n{i}", workers=round_ + 1)))
                 sock.send(encode_frame(Metrics(f"n{i}", 1.0, [Sample("m", float(round_))])))
         pump(telemetry, lambda: telemetry.counters.metrics == 9)
-        assert telemetry.pending == (3, 9)  # heartbeats coalesce: the latest per node
+        # Both coalesce: the latest heartbeat of each node, the latest sample of each series.
+        assert telemetry.pending == (3, 3)
         event.listen(store.engine, "commit", on_commit)
         try:
             telemetry.flush()
@@ -206,7 +207,9 @@ def test_a_flush_writes_each_kind_in_one_call(context, store, telemetry):
         assert commits[0] == 2
         assert telemetry.pending == (0, 0)
         assert [n.workers for n in store.nodes()] == [3, 3, 3]
-        assert len(store.recent_samples("m")) == 9
+        assert sorted((s.node_id, s.value) for s in store.recent_samples("m")) == [
+            (f"n{i}", 2.0) for i in range(3)
+        ]
     finally:
         for sock in sockets:
             sock.close()

@@ -13,7 +13,15 @@ import pytest
 import zmq
 
 from batchfarm.actors.api.metrics import ApiMetrics
-from batchfarm.actors.backends.store import NewJob, NewStage, NewTask, Store, TaskState
+from batchfarm.actors.backends.store import (
+    NewJob,
+    NewStage,
+    NewTask,
+    NodeBeat,
+    Store,
+    TaskState,
+    WorkerBeat,
+)
 from batchfarm.actors.codec import encode_frame
 from batchfarm.actors.manager.telemetry import TelemetryProcessor
 from batchfarm.actors.manager.telemetry_writes import (
@@ -110,12 +118,13 @@ def test_only_changed_workers_are_written_within_a_flush_interval(store, telemet
     assert telemetry.counters.workers_written == 4
     assert store.nodes()[0].last_heartbeat == clock.now - FLUSH_S
 
-    # CPU and memory wobbling under the noise: the node's row is written, no worker's.
+    # CPU and memory wobbling under the noise: no row is written, not even the node's.
     send(node, telemetry, crew(w0={"cpu_percent": 1.0 + CPU_NOISE / 2, "rss_bytes": 101 * 10**6}))
     clock.now += FLUSH_S
     telemetry.tick()
     assert telemetry.counters.workers_written == 4
-    assert store.nodes()[0].last_heartbeat == clock.now - FLUSH_S
+    assert telemetry.counters.beats_written == 1
+    assert store.nodes()[0].last_heartbeat == clock.now - 2 * FLUSH_S
     assert stored(store)[0] == ("idle", None, 1.0, 10**8)
 
     # A new task, a CPU jump, memory grown by a fifth: those three rows, at the next flush.
@@ -254,3 +263,26 @@ def test_the_store_follows_random_heartbeats_within_the_noise(store):
                 assert (row.pid, row.state, row.task, row.done) == (w.pid, w.state, w.task, w.done)
                 assert abs(row.cpu_percent - w.cpu_percent) < CPU_NOISE
                 assert abs(row.rss_bytes - w.rss_bytes) <= RSS_NOISE * row.rss_bytes
+
+
+def test_metrics_count_workers_from_the_latest_heartbeats_when_it_has_all(
+    store, telemetry, node, clock
+):
+    def workers(state: str) -> float:
+        text = ApiMetrics(store, {}, telemetry=telemetry).render().decode()
+        [line] = [
+            ln for ln in text.splitlines() if ln.startswith(f'batchfarm_workers{{state="{state}"')
+        ]
+        return float(line.rsplit(" ", 1)[1])
+
+    send(node, telemetry, crew(2))
+    clock.now += FLUSH_S
+    telemetry.tick()
+    busy = {"state": "busy", "task": "job-1/encode/0"}
+    send(node, telemetry, crew(2, w0=busy, w1=busy))  # not written yet
+    assert (workers("busy"), workers("idle")) == (2, 0)
+    # A reporting node this manager has not heard (it restarted, say): the store's rows.
+    store.record_heartbeats(
+        [NodeBeat("node-old", clock.now, "up", workers=[WorkerBeat(0, pid=9, state="idle")])]
+    )
+    assert (workers("busy"), workers("idle")) == (0, 3)

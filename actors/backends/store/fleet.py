@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -112,8 +113,10 @@ class FleetWrites(StoreBase):
 
         ``batch_size`` nodes a transaction. Unlike :meth:`record_heartbeats`, a worker not in
         a beat keeps its row unless its node's roster leaves it out. A queued or retrying
-        task in :attr:`FleetChanges.running` is marked running, with its node and worker.
+        task in :attr:`FleetChanges.running` is marked running, with its node and worker:
+        with its node's row, or after the rows when its node has none in ``changes``.
         """
+        with_row = {beat.node for beat in changes.beats}
         for batch in self._batches(changes.beats):
             node_rows = []
             worker_rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -132,18 +135,7 @@ class FleetWrites(StoreBase):
                 for node, roster in changes.rosters.items()
                 if node in nodes
             ]
-            running = [
-                {
-                    "k_job": task.job,
-                    "k_stage": task.stage,
-                    "k_part": task.part,
-                    "k_node": task.node,
-                    "k_worker": task.worker,
-                    "k_at": task.since,
-                }
-                for task in changes.running
-                if task.node in nodes
-            ]
+            running = [_mark_row(task) for task in changes.running if task.node in nodes]
             with self._writing("write fleet telemetry") as connection:
                 nodes_upsert = upsert_statement(connection, NODES, _NODE_UPDATE)
                 workers_upsert = upsert_statement(connection, WORKERS, _WORKER_UPDATE)
@@ -152,11 +144,21 @@ class FleetWrites(StoreBase):
                 for statement in gone:
                     connection.execute(statement)
                 _execute_many(connection, "mark running", _MARK_RUNNING, running)
+        rest = (task for task in changes.running if task.node not in with_row)
+        for tasks in self._batches(rest):
+            with self._writing("mark running tasks") as connection:
+                rows = [_mark_row(task) for task in tasks]
+                _execute_many(connection, "mark running", _MARK_RUNNING, rows)
 
-    def mark_nodes_lost(self, before: float, reason: str = "missed heartbeats") -> list[str]:
+    def mark_nodes_lost(
+        self, before: float, reason: str = "missed heartbeats", *, keep: Collection[str] = ()
+    ) -> list[str]:
         """Mark nodes silent since before ``before`` lost; returns the newly lost nodes' ids.
 
-        A node that said it was stopping and then fell silent is ``stopped``, not lost.
+        A node that said it was stopping and then fell silent is ``stopped``, not lost. The
+        nodes in ``keep`` are left as they are, whatever their ``last_heartbeat``: the
+        manager heard them lately, and writes a node's last heartbeat only every few
+        seconds while nothing else about it changes.
         """
         silent = (
             sa.select(NODES.c.id, NODES.c.state)
@@ -168,7 +170,7 @@ class FleetWrites(StoreBase):
             .with_for_update()
         )
         with self._writing("mark lost nodes") as connection:
-            rows = connection.execute(silent).all()
+            rows = [row for row in connection.execute(silent).all() if row.id not in keep]
             lost = [row.id for row in rows if row.state != NodeState.STOPPING]
             stopped = [row.id for row in rows if row.state == NodeState.STOPPING]
             for ids, state, worker_state, why in (
@@ -262,6 +264,16 @@ class _Compiled:
     #: Values the statement holds itself (a state it sets or matches).
     fixed: dict[str, Any]
 
+    def positional(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """The rows as tuples in the statement's order (with its own values), made in C."""
+        assert self.order is not None
+        if len(self.order) == 1:
+            (key,) = self.order
+            return [({**self.fixed, **row}[key],) for row in rows]
+        get = itemgetter(*self.order)
+        fixed = self.fixed
+        return [get({**fixed, **row}) for row in rows] if fixed else list(map(get, rows))
+
 
 def _execute_many(
     connection: Connection,
@@ -304,8 +316,7 @@ def _execute_many(
     if found.order is None:
         params: list[Any] = [{**found.fixed, **row} for row in rows] if found.fixed else rows
     else:
-        fixed, order = found.fixed, found.order
-        params = [tuple(row[k] if k in row else fixed[k] for k in order) for row in rows]
+        params = found.positional(rows)
     connection.exec_driver_sql(found.sql, params)
 
 
@@ -350,6 +361,18 @@ _MARK_RUNNING = (
         updated_at=sa.bindparam("k_at"),
     )
 )
+
+
+def _mark_row(task: RunningTask) -> dict[str, Any]:
+    """Parameters of :data:`_MARK_RUNNING` for ``task``."""
+    return {
+        "k_job": task.job,
+        "k_stage": task.stage,
+        "k_part": task.part,
+        "k_node": task.node,
+        "k_worker": task.worker,
+        "k_at": task.since,
+    }
 
 
 def _running_rows(beat: NodeBeat) -> list[dict[str, Any]]:
