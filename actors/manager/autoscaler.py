@@ -54,6 +54,7 @@ from batchfarm.actors.manager.autoscaler_inputs import (
     deadline_work,
     node_is_busy,
     node_is_drained,
+    open_jobs,
     recent_task_seconds,
     workers_per_node,
 )
@@ -242,6 +243,7 @@ class Autoscaler:
             nodes=nodes,
             idle_since=idle,
             deadlines=deadline_work(self.store, self.node_class),
+            open_jobs=open_jobs(self.store, self.node_class),
         )
         up = sum(1 for node in beats if node not in self._draining)  # when deciding
         decision = decide(view, self._limits())
@@ -257,6 +259,7 @@ class Autoscaler:
                 "task_s": task_s,
                 "default_task_s": self.settings.autoscale.default_task,
                 "target_drain_s": self.settings.autoscale.target_drain,
+                "open_jobs": view.open_jobs,
                 "fleet": {
                     "desired": state.desired,
                     "min": state.min,

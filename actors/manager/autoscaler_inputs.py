@@ -1,8 +1,8 @@
-"""What the autoscaler measures: task duration, deadlines, idle nodes, workers per node.
+"""What the autoscaler measures: task time, deadlines, open jobs, idle nodes, workers per node.
 
 All of it comes from what the manager already has: tasks and jobs in the store, and the
 latest heartbeat of every node (the telemetry processor keeps them in memory), so deciding
-costs two aggregate queries and one queue depth read.
+costs three aggregate queries and one queue depth read.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import sqlalchemy as sa
 
-from batchfarm.actors.backends.store import JobState, Store, TaskState
+from batchfarm.actors.backends.store import JobState, StageState, Store, TaskState
 from batchfarm.actors.backends.store.engine import store_errors
 from batchfarm.actors.backends.store.models import JOBS, STAGES, TASKS
 from batchfarm.actors.manager.autoscale import DeadlineWork
@@ -83,6 +83,27 @@ def deadline_work(store: Store, node_class: str) -> list[DeadlineWork]:
     with store_errors("read deadlines", store.url), store.engine.connect() as connection:
         rows = connection.execute(query).all()
     return [DeadlineWork(row.id, int(row.left), float(row.deadline)) for row in rows]
+
+
+def open_jobs(store: Store, node_class: str) -> int:
+    """Pending or running jobs with a stage of ``node_class`` not done yet.
+
+    Work that may still come to the class beyond its queue: a stage's tasks are made as the
+    stage before it gets its parts done. While there is any, idle nodes are held the whole
+    ``[autoscale] idle`` (see :func:`~batchfarm.actors.manager.autoscale.hold_s`).
+    """
+    s = STAGES.c
+    query = (
+        sa.select(sa.func.count(sa.distinct(s.job_id)))
+        .select_from(STAGES.join(JOBS, JOBS.c.id == s.job_id))
+        .where(
+            s.node_class == node_class,
+            s.state.in_([StageState.PENDING, StageState.RUNNING]),
+            JOBS.c.state.in_(list(_DEADLINE_JOBS)),
+        )
+    )
+    with store_errors("count open jobs", store.url), store.engine.connect() as connection:
+        return int(connection.execute(query).scalar() or 0)
 
 
 def node_is_busy(beat: Heartbeat) -> bool:

@@ -8,15 +8,19 @@ Scaling group does (any in-service instance, busy or not). A task on a terminate
 lost from that node and comes back to the queue when its visibility timeout runs out, as an
 SQS message does, and runs again.
 
-Node-hours run from launch to termination (boot time is paid for). A job's latency runs from
-its submission until its last task is done.
+Node-hours run from launch to termination (boot time is paid for), and are split into
+booting, busy (worker-seconds of tasks over the node's workers) and idle (the rest: whole idle
+nodes and the free workers of busy ones). A job's latency runs from its submission until its
+last task is done. Instance ids are random hex, as EC2's are (the policy draws each idle
+node's hold from its id), fixed by the seed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +77,10 @@ class Result:
     lost: int
     reruns: int
     peak_nodes: int
+    #: Where the node-hours went: booting, running tasks, and idle workers.
+    booting_hours: float
+    busy_hours: float
+    idle_hours: float
 
 
 class Sim:
@@ -83,6 +91,7 @@ class Sim:
     ) -> None:
         self.jobs = jobs
         self.workers = workers
+        self.seed = seed
         self.random = random.Random(seed)
         self.now = 0.0
         self.nodes: list[Node] = []
@@ -93,6 +102,8 @@ class Sim:
         # Durations the manager already knows (its store holds last month's runs).
         self.done_durations: list[float] = list(history)
         self._serial = 0
+        self._left: Counter[int] = Counter()  # job -> tasks not done yet
+        self._node_s = {"booting": 0.0, "busy": 0.0, "idle": 0.0}
 
     # -- what policies read ----------------------------------------------------------------
 
@@ -123,6 +134,8 @@ class Sim:
             task_s=sum(recent) / len(recent) if recent else None,
             nodes=len(self.nodes),
             idle_since={n.id: n.idle_since for n in self.in_service() if n.idle_since is not None},
+            # Every task of a job exists from its submission: a job is open until it is done.
+            open_jobs=sum(1 for left in self._left.values() if left),
         )
 
     # -- the day ---------------------------------------------------------------------------
@@ -140,6 +153,7 @@ class Sim:
                     task = Task(next_job, duration, self.now)
                     self.tasks.append(task)
                     self.queue.append(task)
+                    self._left[next_job] += 1
                 next_job += 1
             self._tick()
             if self.now - last_eval >= interval_s:
@@ -158,6 +172,7 @@ class Sim:
                 if end <= self.now:
                     task.done_at = self.now
                     self.done_durations.append(task.duration)
+                    self._left[task.job] -= 1
                     del node.running[slot]
             for slot in range(node.workers):
                 if slot not in node.running and self.queue:
@@ -168,6 +183,14 @@ class Sim:
                 node.idle_since = None
             elif node.idle_since is None:
                 node.idle_since = self.now
+        # This second of every node, launched and not yet terminated, is paid for.
+        for node in self.nodes:
+            if node.ready_at > self.now:
+                self._node_s["booting"] += 1.0
+            else:
+                busy = len(node.running) / node.workers
+                self._node_s["busy"] += busy
+                self._node_s["idle"] += 1.0 - busy
 
     def _apply(self, decision: Decision) -> None:
         for node_id in decision.remove:
@@ -176,10 +199,16 @@ class Sim:
         while len(self.nodes) < decision.desired:
             self._serial += 1
             boot = self.random.uniform(*BOOT_S)
-            self.nodes.append(Node(f"i-{self._serial}", self.now, self.now + boot, self.workers))
+            self.nodes.append(Node(self._instance_id(), self.now, self.now + boot, self.workers))
         while len(self.nodes) > decision.desired:
             # The group picks: any instance, busy or not (no scale-in protection).
             self._terminate(self.random.choice(self.nodes))
+
+    def _instance_id(self) -> str:
+        # Like EC2's: 17 hex digits, here fixed by the seed and the launch's number (its own
+        # hash, so the boot times drawn from the seed's generator stay as they were).
+        digest = hashlib.blake2b(f"{self.seed}/{self._serial}".encode(), digest_size=9)
+        return f"i-{digest.hexdigest()[:17]}"
 
     def _terminate(self, node: Node) -> None:
         for task, _end in node.running.values():
@@ -205,7 +234,17 @@ class Sim:
         order = sorted(self.jobs, key=lambda j: j.submitted)
         latencies = [finished[i] - order[i].submitted for i in finished]
         reruns = sum(max(0, t.runs - 1) for t in self.tasks)
-        return Result(node_s / 3600, latencies, lost, reruns, peak)
+        split = {part: seconds / 3600 for part, seconds in self._node_s.items()}
+        return Result(
+            node_s / 3600,
+            latencies,
+            lost,
+            reruns,
+            peak,
+            booting_hours=split["booting"],
+            busy_hours=split["busy"],
+            idle_hours=split["idle"],
+        )
 
 
 def batchfarm_policy(limits: ScalingLimits) -> Policy:
