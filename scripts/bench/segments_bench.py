@@ -17,6 +17,12 @@ Every output is then verified (outside the timing): decoded in full without an e
 duration within a frame of the title's, H.264 at the asked height and AAC, and its audio
 ending within two frames of its video. Targets: grid at least as fast as ``threads0`` and at
 least 1.8 times as fast as ``threads1``. The last line is one JSON object.
+
+``--parts`` measures instead where the grid's CPU goes beside the encode: the three
+handlers run one after the other in this process, without the grid (no queue, store or
+worker), and the CPU seconds of each part are set against one ``-threads 1`` encode of the
+whole title: the split, each segment's probe and encode, each output's verification (timed
+by a second ``verify_output`` of the same file), the audio track, the join.
 """
 
 from __future__ import annotations
@@ -39,11 +45,14 @@ from grid_runs import grid_profile
 from node_runs import RUN_TIMEOUT_S, BenchError, CpuMeter, warn_if_busy
 
 from batchfarm.actors.backends import open_blobs
+from batchfarm.actors.handlers import TaskContext
 from batchfarm.actors.handlers.ffmpeg import find_ffmpeg
 from batchfarm.actors.handlers.mediainfo import read_info
+from batchfarm.actors.handlers.segments import concat, encode_segment, split
 from batchfarm.actors.handlers.transcode import TranscodeOptions, transcode_argv
 from batchfarm.actors.handlers.verify import verify_output
 from batchfarm.actors.manager.spec import JobSpec, parse_spec
+from batchfarm.actors.messages import TaskBody
 from batchfarm.actors.settings import MediaSettings
 
 SIDES = ("threads1", "threads0", "grid")
@@ -64,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crf", type=int, default=23)
     parser.add_argument("--rounds", type=int, default=1, help="turns of each side (1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: a 12 s title")
+    parser.add_argument(
+        "--parts", action="store_true", help="CPU of each part, handlers run without the grid"
+    )
     parser.add_argument("--results", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -77,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:
-        figures = bench(args)
+        figures = parts(args) if args.parts else bench(args)
     except BenchError as error:
         sys.exit(f"segments benchmark failed: {error}")
     print(json.dumps(figures))
@@ -179,6 +191,99 @@ def run_grid(
     }
     profile["cpu_s"] = run.cpu_s
     return run.wall_s, busy, profile
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _context(handler: str, params: dict[str, Any], inputs: list[Path], root: Path) -> TaskContext:
+    """A task context as a pinned worker gives it (one thread), folders under ``root``."""
+    task = TaskBody(
+        job="parts",
+        stage=handler,
+        part=0,
+        handler=handler,
+        inputs=[p.name for p in inputs],
+        params=params,
+    )
+    return TaskContext(
+        task=task,
+        params=params,
+        inputs=inputs,
+        media=MediaSettings(),
+        threads=1,
+        progress=lambda _: None,
+        cancelled=lambda: False,
+        output_dir=root / "out",
+        scratch=root / "tmp",
+    )
+
+
+def parts(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the segment-parallel job's CPU goes, part by part, against one whole encode."""
+    started = time.monotonic()
+    load = warn_if_busy()
+    ffmpeg = find_ffmpeg(MediaSettings())
+    options = TranscodeOptions(height=args.height, crf=args.crf, preset=args.speed)
+    args.results.mkdir(parents=True, exist_ok=True)
+    title = make_title(ffmpeg, args.seconds, args.results / "clips")
+    spec = segment_spec(title, options, args.segment)
+    params = [dict(stage.params) for stage in spec.stages]
+    cpu: dict[str, float] = dict.fromkeys(
+        ("split", "probe+encode", "verify", "audio", "audio verify", "join"), 0.0
+    )
+    with tempfile.TemporaryDirectory(dir=args.results, prefix="parts-") as scratch:
+        work = Path(scratch)
+        print("whole title, ffmpeg -threads 1 ...", flush=True)
+        _, _, whole = run_single(ffmpeg, title, work / "whole.mp4", options, 1)
+        at = _cpu()
+        ctx = _context("split", params[0], [title], work / "split")
+        split(ctx)
+        cpu["split"] = _cpu() - at
+        pieces = sorted(ctx.output_dir.iterdir())
+        print(f"{len(pieces)} parts ...", flush=True)
+        encoded = []
+        for number, piece in enumerate(pieces):
+            ctx = _context("encode_segment", params[1], [piece], work / f"encode-{number}")
+            at = _cpu()
+            encode_segment(ctx)
+            spent = _cpu() - at
+            out = next(ctx.output_dir.iterdir())
+            encoded.append(out)
+            duration = read_info(piece).duration_s
+            at = _cpu()
+            verify_output(out, label=out.name, duration_s=duration)
+            check = _cpu() - at
+            audio = piece.name.endswith(".flac")
+            cpu["audio" if audio else "probe+encode"] += spent - check
+            cpu["audio verify" if audio else "verify"] += check
+        ctx = _context("concat", {}, encoded, work / "join")
+        at = _cpu()
+        concat(ctx)
+        cpu["join"] = _cpu() - at
+    total = sum(cpu.values())
+    print(
+        f"\n{args.seconds:g} s title -> {args.height}p {args.speed}, {args.segment:g} s"
+        f" segments ({len(pieces) - 1} and the audio), handlers run without the grid"
+    )
+    print(f"{'part':<28}{'CPU s':>8}{'of whole':>10}")
+    for name, value in [*cpu.items(), ("all parts", total), ("whole, -threads 1", whole)]:
+        print(f"{name:<28}{value:>8.2f}{value / whole:>10.1%}")
+    print(f"\ntook {time.monotonic() - started:.0f} s (load average {load:.2f} at the start)")
+    return {
+        "bench": "segments-parts",
+        "seconds": args.seconds,
+        "segment_s": args.segment,
+        "parts": len(pieces),
+        "cpu_s": {name: round(value, 2) for name, value in cpu.items()},
+        "all_parts_cpu_s": round(total, 2),
+        "whole_threads1_cpu_s": round(whole, 2),
+        "parts_vs_whole": round(total / whole, 3),
+        "load_at_start": round(load, 2),
+    }
 
 
 def check_output(path: Path, title: Path, height: int) -> dict[str, Any]:
