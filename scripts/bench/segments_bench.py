@@ -222,14 +222,19 @@ def _context(handler: str, params: dict[str, Any], inputs: list[Path], root: Pat
     )
 
 
-def parts(args: argparse.Namespace) -> dict[str, Any]:
-    """Where the segment-parallel job's CPU goes, part by part, against one whole encode."""
-    started = time.monotonic()
+def prepare(args: argparse.Namespace) -> tuple[float, str, TranscodeOptions, Path]:
+    """What every way of running needs: the load at the start, ffmpeg, the options, the title."""
     load = warn_if_busy()
     ffmpeg = find_ffmpeg(MediaSettings())
     options = TranscodeOptions(height=args.height, crf=args.crf, preset=args.speed)
     args.results.mkdir(parents=True, exist_ok=True)
-    title = make_title(ffmpeg, args.seconds, args.results / "clips")
+    return load, ffmpeg, options, make_title(ffmpeg, args.seconds, args.results / "clips")
+
+
+def parts(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the segment-parallel job's CPU goes, part by part, against one whole encode."""
+    started = time.monotonic()
+    load, ffmpeg, options, title = prepare(args)
     spec = segment_spec(title, options, args.segment)
     params = [dict(stage.params) for stage in spec.stages]
     cpu: dict[str, float] = dict.fromkeys(
@@ -334,11 +339,7 @@ def _frames(path: Path) -> int:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Every side once per round, taking turns; then verify, print the table, return figures."""
     started = time.monotonic()
-    load = warn_if_busy()
-    ffmpeg = find_ffmpeg(MediaSettings())
-    options = TranscodeOptions(height=args.height, crf=args.crf, preset=args.speed)
-    args.results.mkdir(parents=True, exist_ok=True)
-    title = make_title(ffmpeg, args.seconds, args.results / "clips")
+    load, ffmpeg, options, title = prepare(args)
     walls: dict[str, list[float]] = {side: [] for side in SIDES}
     busy: dict[str, list[float]] = {side: [] for side in SIDES}
     used: dict[str, list[float]] = {side: [] for side in SIDES}

@@ -7,16 +7,15 @@ is lost or runs twice in effect.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from batchfarm.actors.backends import open_store
 from batchfarm.actors.backends.fleet import CONTINUE, TERMINATED, TERMINATING_WAIT
-from batchfarm.actors.manager.spec import parse_spec
 from tests.aws import REGION
 from tests.fleet.handlers import runs
 from tests.fleet.harness import FULL_LIFE, RECORD, group_desired, hooked_group, in_service
+from tests.manager.jobs_grid import files_job
 from tests.manager.managerproc import ManagerGrid
 from tests.manager.test_manager_process import job_state, submit
 from tests.worker.grid import wait_for
@@ -25,21 +24,6 @@ pytestmark = pytest.mark.slow
 
 #: Tasks in the burst.
 PARTS = 12
-
-
-def record_job(tmp_path: Path, name: str, parts: int, seconds: float, log: Path):
-    folder = tmp_path / name
-    folder.mkdir()
-    for n in range(parts):
-        (folder / f"in{n}.bin").write_bytes(bytes([n]) * 10)
-    spec = {
-        "name": name,
-        "inputs": {"files": [f"{name}/*.bin"]},
-        "stages": [
-            {"name": "work", "handler": RECORD, "params": {"seconds": seconds, "log": str(log)}}
-        ],
-    }
-    return parse_spec(spec, source=f"{name}.toml", base_dir=tmp_path)
 
 
 def test_a_burst_grows_the_group_which_drains_and_shrinks_back_to_its_minimum(
@@ -67,7 +51,10 @@ def test_a_burst_grows_the_group_which_drains_and_shrinks_back_to_its_minimum(
         wait_for(lambda: len(in_service(lifecycle, group)) == 1, timeout=30, what="the first node")
         log = tmp_path / "runs.jsonl"
         # Enough work to outlast the new members' boot (a few seconds on a busy machine).
-        job = submit(grid.settings, record_job(tmp_path, "burst", PARTS, 2.0, log))
+        job = submit(
+            grid.settings,
+            files_job(tmp_path, "burst", PARTS, RECORD, {"seconds": 2.0, "log": str(log)}),
+        )
         wait_for(lambda: group_desired(lifecycle, group) > 1, timeout=30, what="the group grows")
         wait_for(
             lambda: job_state(grid.settings, job) == "succeeded", timeout=60, what="the backlog"

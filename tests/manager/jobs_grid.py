@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from batchfarm.actors.backends import open_blobs, open_store, open_task_queues
@@ -22,6 +23,19 @@ def sleep_job(parts: int, seconds: float, *, name: str, priority: str = "normal"
     """One stage of ``parts`` tasks, each sleeping ``seconds``."""
     stage = {"name": "work", "handler": SLEEP, "parts": parts, "params": {"seconds": seconds}}
     return spec({"name": name, "priority": priority, "stages": [stage]})
+
+
+def files_job(folder: Path, name: str, parts: int, handler: str, params: dict[str, Any]) -> JobSpec:
+    """One stage of ``handler`` over ``parts`` small local files, written to ``folder/name``."""
+    (folder / name).mkdir()
+    for n in range(parts):
+        (folder / name / f"in{n}.bin").write_bytes(bytes([n]) * 10)
+    tree = {
+        "name": name,
+        "inputs": {"files": [f"{name}/*.bin"]},
+        "stages": [{"name": "work", "handler": handler, "params": params}],
+    }
+    return parse_spec(tree, source=f"{name}.toml", base_dir=folder)
 
 
 def submit(settings: Settings, job: JobSpec) -> str:

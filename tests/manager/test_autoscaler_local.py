@@ -7,14 +7,13 @@ from __future__ import annotations
 import re
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from batchfarm.actors.backends import open_store
-from batchfarm.actors.manager.spec import parse_spec
+from tests.manager.jobs_grid import SLEEP, files_job
 from tests.manager.managerproc import ManagerGrid
 from tests.manager.test_manager_process import job_state, submit
 from tests.worker.grid import wait_for
@@ -35,25 +34,6 @@ def local_nodes(manager_pid: int) -> dict[str, int]:
         if "node" in command and "--name" in command:
             found[command[command.index("--name") + 1]] = child.pid
     return found
-
-
-def sleep_job(tmp_path: Path, name: str, parts: int, seconds: float):
-    folder = tmp_path / name
-    folder.mkdir()
-    for n in range(parts):
-        (folder / f"in{n}.bin").write_bytes(bytes([n]) * 10)
-    spec = {
-        "name": name,
-        "inputs": {"files": [f"{name}/*.bin"]},
-        "stages": [
-            {
-                "name": "work",
-                "handler": "tests.worker.handlers:sleep",
-                "params": {"seconds": seconds},
-            }
-        ],
-    }
-    return parse_spec(spec, source=f"{name}.toml", base_dir=tmp_path)
 
 
 @pytest.fixture
@@ -88,8 +68,8 @@ def test_a_burst_grows_the_local_fleet_which_shrinks_to_zero_without_stopping_a_
     assert local_nodes(manager.proc.pid) == {}  # min 0: no node until there is work
     # One long task and six short ones: once the short ones are done, one node idles while
     # the other still runs the long task, and only the idle one may go.
-    long_job = submit(grid.settings, sleep_job(tmp_path, "long", 1, 14.0))
-    short_job = submit(grid.settings, sleep_job(tmp_path, "short", 6, 0.5))
+    long_job = submit(grid.settings, files_job(tmp_path, "long", 1, SLEEP, {"seconds": 14.0}))
+    short_job = submit(grid.settings, files_job(tmp_path, "short", 6, SLEEP, {"seconds": 0.5}))
     wait_for(lambda: len(local_nodes(manager.proc.pid)) == 2, timeout=30, what="two local nodes")
     assert sorted(local_nodes(manager.proc.pid)) == ["local-1", "local-2"]
     wait_for(

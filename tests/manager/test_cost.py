@@ -142,108 +142,100 @@ def test_a_node_reads_its_instance_type_zone_and_lifecycle_from_imds() -> None:
 # -- what runs cost ----------------------------------------------------------------------------
 
 
-def test_a_task_retried_and_rerun_costs_each_run_once_however_often_reported(tmp_path) -> None:
+def price_node(store, node: str) -> None:
+    """Record ``node`` up at $7.20 an hour on 2 workers: $0.001 a worker-second."""
+    crew = [WorkerBeat(i, pid=100 + i, state="idle") for i in range(2)]
+    store.record_heartbeats([NodeBeat(node, time.time(), "up", workers=crew, price_per_hour=7.2)])
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """A grid's store, task queues and completion queue, with ``node-x`` priced."""
     settings_ = make_settings(tmp_path / "state")
     store = open_store(settings_.store)
     queues = open_task_queues(settings_.queue)
     completions = open_queue(settings_.queue, COMPLETIONS)
-    try:
-        # The inline runs' node: $7.20 an hour on 2 workers, $0.001 a worker-second.
-        crew = [WorkerBeat(i, pid=100 + i, state="idle") for i in range(2)]
-        store.record_heartbeats(
-            [NodeBeat("node-x", time.time(), "up", workers=crew, price_per_hour=7.2)]
-        )
-        submit_job(store, queues, "j", [NewStage("work", 0, "noop")], [[], []])
-        bodies = [decode_body(m.body, TaskBody) for m in queues.for_priority(0).receive(10)]
-        first, second = sorted(bodies, key=lambda body: body.task_id)
-        error = ErrorInfo("TaskError", "worker went away")
-        runs = [
-            # Part 0 failed, was retried and succeeded; each event is delivered twice.
-            replace(completion(first, ok=False, error=error), final=False),
-            completion(first, started=1_000_010.0, worker=1, attempt=2),
-            # Part 1 ran twice (its body delivered twice), the second run reported twice.
-            completion(second, started=1_000_020.0),
-            completion(second, started=1_000_030.0, worker=1),
-        ]
-        for event in [*runs, *runs[:2], runs[3]]:
-            completions.send(encode_body(event))
-        results = ResultsProcessor(store, queues, completions, StorePlanner())
-        while results.step(10):
-            pass
+    price_node(store, "node-x")
+    yield store, queues, completions
+    for closing in (queues, completions, store):
+        closing.close()
 
-        c = results.counters
-        assert (c.runs, c.retrying, c.succeeded, c.duplicates, c.redelivered) == (7, 1, 2, 1, 3)
-        assert store.job("j").state == JobState.SUCCEEDED  # type: ignore[union-attr]
-        # Seven events, four runs of half a second each: $0.0005 a run.
-        assert store.task_costs("j", [("work", 0), ("work", 1)]) == pytest.approx(
-            {"j/work/0": 0.001, "j/work/1": 0.001}
-        )
-        assert store.stage_costs_of(["j"])["j"] == pytest.approx({"work": 0.002})
-        by_handler = {h.handler: h.dollars for h in store.costs_by_handler()}
-        assert by_handler == pytest.approx({"noop": 0.002})
-    finally:
-        for closing in (queues, completions, store):
-            closing.close()
+
+def test_a_task_retried_and_rerun_costs_each_run_once_however_often_reported(grid) -> None:
+    store, queues, completions = grid
+    submit_job(store, queues, "j", [NewStage("work", 0, "noop")], [[], []])
+    bodies = [decode_body(m.body, TaskBody) for m in queues.for_priority(0).receive(10)]
+    first, second = sorted(bodies, key=lambda body: body.task_id)
+    error = ErrorInfo("TaskError", "worker went away")
+    runs = [
+        # Part 0 failed, was retried and succeeded; each event is delivered twice.
+        replace(completion(first, ok=False, error=error), final=False),
+        completion(first, started=1_000_010.0, worker=1, attempt=2),
+        # Part 1 ran twice (its body delivered twice), the second run reported twice.
+        completion(second, started=1_000_020.0),
+        completion(second, started=1_000_030.0, worker=1),
+    ]
+    for event in [*runs, *runs[:2], runs[3]]:
+        completions.send(encode_body(event))
+    results = ResultsProcessor(store, queues, completions, StorePlanner())
+    while results.step(10):
+        pass
+
+    c = results.counters
+    assert (c.runs, c.retrying, c.succeeded, c.duplicates, c.redelivered) == (7, 1, 2, 1, 3)
+    assert store.job("j").state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    # Seven events, four runs of half a second each: $0.0005 a run.
+    assert store.task_costs("j", [("work", 0), ("work", 1)]) == pytest.approx(
+        {"j/work/0": 0.001, "j/work/1": 0.001}
+    )
+    assert store.stage_costs_of(["j"])["j"] == pytest.approx({"work": 0.002})
+    by_handler = {h.handler: h.dollars for h in store.costs_by_handler()}
+    assert by_handler == pytest.approx({"noop": 0.002})
 
 
 def test_abandoned_runs_cost_their_node_time_and_neither_fail_nor_poison_the_task(
-    tmp_path,
+    grid,
 ) -> None:
-    settings_ = make_settings(tmp_path / "state")
-    store = open_store(settings_.store)
-    queues = open_task_queues(settings_.queue)
-    completions = open_queue(settings_.queue, COMPLETIONS)
-    try:
-        crew = [WorkerBeat(i, pid=100 + i, state="idle") for i in range(2)]
-        store.record_heartbeats(
-            [NodeBeat("node-x", time.time(), "up", workers=crew, price_per_hour=7.2)]
+    store, queues, completions = grid
+    submit_job(store, queues, "j", [NewStage("work", 0, "noop")], [[]])
+    [body] = [decode_body(m.body, TaskBody) for m in queues.for_priority(0).receive(10)]
+    assert isinstance(body, TaskBody)
+    failed = replace(completion(body, ok=False, error=ErrorInfo("TaskError", "EIO")), final=False)
+    # Two runs stopped without an outcome on other nodes: a lost lease and a forced
+    # pause. Counted as failures, the task would be poison (failed on three nodes).
+    abandoned = [
+        AbandonedRun(
+            job="j",
+            stage="work",
+            part=0,
+            ok=False,
+            node=node,
+            worker=0,
+            attempt=2,
+            started_at=1_000_100.0 + n,
+            finished_at=1_000_102.0 + n,
         )
-        submit_job(store, queues, "j", [NewStage("work", 0, "noop")], [[]])
-        [body] = [decode_body(m.body, TaskBody) for m in queues.for_priority(0).receive(10)]
-        assert isinstance(body, TaskBody)
-        failed = replace(
-            completion(body, ok=False, error=ErrorInfo("TaskError", "EIO")), final=False
-        )
-        # Two runs stopped without an outcome on other nodes: a lost lease and a forced
-        # pause. Counted as failures, the task would be poison (failed on three nodes).
-        abandoned = [
-            AbandonedRun(
-                job="j",
-                stage="work",
-                part=0,
-                ok=False,
-                node=node,
-                worker=0,
-                attempt=2,
-                started_at=1_000_100.0 + n,
-                finished_at=1_000_102.0 + n,
-            )
-            for n, node in enumerate(["node-y", "node-z"])
-        ]
-        for event in [failed, *abandoned, *abandoned]:
-            completions.send(encode_body(event))
-        health = NodeHealth(store)
-        results = ResultsProcessor(store, queues, completions, StorePlanner(), health=health)
-        while results.step(10):
-            pass
+        for n, node in enumerate(["node-y", "node-z"])
+    ]
+    for event in [failed, *abandoned, *abandoned]:
+        completions.send(encode_body(event))
+    health = NodeHealth(store)
+    results = ResultsProcessor(store, queues, completions, StorePlanner(), health=health)
+    while results.step(10):
+        pass
 
-        c = results.counters
-        assert (c.runs, c.retrying, c.abandoned, c.redelivered, c.failures) == (5, 1, 2, 2, 0)
-        assert health.counters.poisoned == 0
-        task = store.task("j", "work", 0)
-        assert task is not None
-        assert (task.state, task.attempts, task.failed_nodes) == ("retrying", 1, ["node-x"])
-        # Then it succeeds: it costs all three runs ($0.001 a worker-second on node-x; the
-        # other nodes have no price yet, so their runs wait to be priced).
-        completions.send(encode_body(completion(body, started=1_000_200.0, attempt=3)))
-        while results.step(10):
-            pass
-        assert store.job("j").state == JobState.SUCCEEDED  # type: ignore[union-attr]
-        for node in ("node-y", "node-z"):
-            store.record_heartbeats(
-                [NodeBeat(node, time.time(), "up", workers=crew, price_per_hour=7.2)]
-            )
-        assert store.task_costs("j", [("work", 0)]) == pytest.approx({"j/work/0": 0.001 + 0.004})
-    finally:
-        for closing in (queues, completions, store):
-            closing.close()
+    c = results.counters
+    assert (c.runs, c.retrying, c.abandoned, c.redelivered, c.failures) == (5, 1, 2, 2, 0)
+    assert health.counters.poisoned == 0
+    task = store.task("j", "work", 0)
+    assert task is not None
+    assert (task.state, task.attempts, task.failed_nodes) == ("retrying", 1, ["node-x"])
+    # Then it succeeds: it costs all three runs ($0.001 a worker-second on node-x; the
+    # other nodes have no price yet, so their runs wait to be priced).
+    completions.send(encode_body(completion(body, started=1_000_200.0, attempt=3)))
+    while results.step(10):
+        pass
+    assert store.job("j").state == JobState.SUCCEEDED  # type: ignore[union-attr]
+    for node in ("node-y", "node-z"):
+        price_node(store, node)
+    assert store.task_costs("j", [("work", 0)]) == pytest.approx({"j/work/0": 0.001 + 0.004})

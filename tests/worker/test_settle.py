@@ -39,14 +39,15 @@ def finished_runs(settings: Settings, queue, tmp_path: Path, count: int) -> list
     return sorted(runs, key=lambda run: run.task.part)
 
 
-def commit(settings: Settings, runs: list[Assignment], queue) -> list[str | None]:
-    """Settle ``runs`` together, as the worker's output thread does."""
+def commit(settings: Settings, runs: list[Assignment], queue, sent=None) -> list[str | None]:
+    """Settle ``runs`` together, as the worker's output thread does (events to ``sent``,
+    else to a completion queue of its own)."""
     blobs = open_blobs(settings.storage)
     try:
-        with open_queue(settings.queue, COMPLETIONS) as sent:
+        with open_queue(settings.queue, COMPLETIONS) as own:
             return settle.commit(
                 [(run, queue) for run in runs],
-                sent,
+                own if sent is None else sent,
                 blobs,
                 node="node-t",
                 worker=0,
@@ -155,18 +156,7 @@ def test_completions_go_out_unsynced_before_the_deletes_in_the_task_queue_file(
 
         monkeypatch.setattr(sent, "send_batch", spy_send)
         monkeypatch.setattr(queue, "delete_batch", spy_delete)
-        blobs = open_blobs(settings.storage)
-        try:
-            outcomes = settle.commit(
-                [(run, queue) for run in runs],
-                sent,
-                blobs,
-                node="node-t",
-                worker=0,
-                tasks=settings.tasks,
-            )
-        finally:
-            blobs.close()
+        outcomes = commit(settings, runs, queue, sent)
         assert sent.path == queue.path
     assert outcomes == ["done", "done", "done"]
     assert calls == [("send", False), ("delete", 3)]
